@@ -1,0 +1,277 @@
+"""Dyadic inference and contrastive gradients: the pure core of dual propagation.
+
+Notation (layers k = 0..L, s_0 = x; map k sends layer k to layer k+1):
+  a_k      = W_{k-1}(s̄_{k-1})            bottom-up input of layer k
+  s_plus   = s⁺_k, s_minus = s⁻_k        the dyad of layer k
+  s_bar    = s̄_k = α s⁺_k + (1-α) s⁻_k   mean: the activity carried forward
+  delta    = δ_k = s⁺_k - s⁻_k            difference: the error carried backward
+  fb_k     = J_kᵀ δ_{k+1}                 feedback into layer k: ``jax.vjp`` of map k at s̄_k
+  g        = ∇_ŷ ℓ(ŷ, y)                  output loss gradient at the prediction ŷ = a_L
+
+Closed-form layer updates, with (c⁺, c⁻) = (α, 1-α) for DP and (1-α, α) for DP⊤:
+  hidden k < L:  s⁺_k = f(a_k + c⁺ fb_k),   s⁻_k = f(a_k - c⁻ fb_k)
+  output k = L:  s⁺_L = a_L - c⁺ β g,       s⁻_L = a_L + c⁻ β g      (so δ_L = -β g)
+
+Weight update: with the dyads fixed, the gradient of the local objective
+  J(θ) = (1/β) Σ_k ⟨-δ_k, W_{k-1}(s̄_{k-1})⟩ / B
+i.e. ∇_{W_{k-1}} J = -(1/β) δ_k s̄_{k-1}ᵀ (a Hebbian outer product), which tends to the BP
+gradient of the batch-mean loss as β → 0.
+
+Every public function here is pure and jitted with ``net`` and ``config`` static.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from dualprop_jax.config import DPConfig
+from dualprop_jax.losses import loss_gradient, per_example_loss, targets_as_array
+from dualprop_jax.models import LayeredNet
+
+_static = functools.partial(jax.jit, static_argnames=("net", "config"))
+
+
+class Dyads(NamedTuple):
+    """Dyad states of every layer k = 0..L (``s_plus[0] = s_minus[0] = x``)."""
+
+    s_plus: tuple[jax.Array, ...]
+    s_minus: tuple[jax.Array, ...]
+
+
+class Aux(NamedTuple):
+    """By-products of a gradient call: the batch-mean loss ℓ and the forward prediction ŷ."""
+
+    loss: jax.Array
+    logits: jax.Array
+
+
+def s_bar(dyads: Dyads, alpha: float) -> tuple[jax.Array, ...]:
+    """Activity of every layer: s̄_k = α s⁺_k + (1-α) s⁻_k."""
+    return tuple(alpha * sp + (1.0 - alpha) * sm for sp, sm in zip(*dyads, strict=True))
+
+
+def delta(dyads: Dyads) -> tuple[jax.Array, ...]:
+    """Error of every layer: δ_k = s⁺_k - s⁻_k (zero at the input)."""
+    return tuple(sp - sm for sp, sm in zip(*dyads, strict=True))
+
+
+def _loss_dtype(dtype) -> jnp.dtype:
+    """Losses and output gradients are computed in at least float32."""
+    return jnp.promote_types(dtype, jnp.float32)
+
+
+def _check_inputs(x: jax.Array, y: jax.Array) -> None:
+    if x.ndim < 2:
+        raise ValueError(f"x must be a batch with a leading batch axis, got shape {x.shape}.")
+    if y.ndim < 1 or y.shape[0] != x.shape[0]:
+        raise ValueError(
+            f"targets y of shape {y.shape} do not match the batch of x of shape {x.shape}: "
+            "the leading (batch) sizes must be equal."
+        )
+
+
+def _output_nudge(y_hat, t, config: DPConfig):
+    """s⁺_L = a_L - c⁺ β g,  s⁻_L = a_L + c⁻ β g  with g = ∇ℓ(ŷ, t)."""
+    c_plus, c_minus = config.nudge_coefficients
+    g = loss_gradient(config.loss, y_hat.astype(_loss_dtype(y_hat.dtype)), t)
+    beta_g = (config.beta * g).astype(y_hat.dtype)
+    return y_hat - c_plus * beta_g, y_hat + c_minus * beta_g
+
+
+def _hidden_update(net: LayeredNet, a, fb, config: DPConfig):
+    """s⁺_k = f(a_k + c⁺ fb_k),  s⁻_k = f(a_k - c⁻ fb_k)."""
+    c_plus, c_minus = config.nudge_coefficients
+    return net.f(a + c_plus * fb), net.f(a - c_minus * fb)
+
+
+def feedback(net: LayeredNet, params, k: int, s_bar_k, delta_next, dtype=None):
+    """fb_k = J_kᵀ δ_{k+1}: the vjp of map k (layer k → k+1) at s̄_k, applied to δ_{k+1}."""
+    _, vjp = jax.vjp(lambda s: net.apply_map(k, net.layer_params(params, k), s, dtype), s_bar_k)
+    return vjp(delta_next)[0]
+
+
+def _update_layer(
+    net: LayeredNet, params, k: int, sp: list, sm: list, t, config: DPConfig, dtype
+) -> None:
+    """Re-solve layer k (1..L) in place from the current dyads of layers k-1 and k+1."""
+    alpha, L = config.alpha, net.num_maps
+    s_bar_prev = alpha * sp[k - 1] + (1 - alpha) * sm[k - 1]
+    a = net.apply_map(k - 1, net.layer_params(params, k - 1), s_bar_prev, dtype)
+    if k == L:
+        sp[k], sm[k] = _output_nudge(a, t, config)
+    else:
+        s_bar_k = alpha * sp[k] + (1 - alpha) * sm[k]
+        fb = feedback(net, params, k, s_bar_k, sp[k + 1] - sm[k + 1], dtype)
+        sp[k], sm[k] = _hidden_update(net, a, fb, config)
+
+
+def _infer(net: LayeredNet, params, x, y, config: DPConfig):
+    """Dyads of every layer, the forward prediction ŷ and the target array t."""
+    _check_inputs(x, y)
+    dtype = jnp.dtype(config.dtype)
+    L = net.num_maps
+    # Forward pass: s⁺ = s⁻ = feedforward activity; keep each map's vjp for the sweep.
+    s, a, vjps = [x.astype(dtype)], [None], [None]
+    for k in range(L):
+        a_next, vjp = jax.vjp(
+            lambda s_, k=k: net.apply_map(k, net.layer_params(params, k), s_, dtype), s[k]
+        )
+        a.append(a_next)
+        vjps.append(vjp)
+        s.append(a_next if k == L - 1 else net.f(a_next))
+    y_hat = a[L]
+    t = targets_as_array(y_hat.astype(_loss_dtype(dtype)), y)
+    sp, sm = list(s), list(s)
+    sp[L], sm[L] = _output_nudge(y_hat, t, config)
+    # One top-down sweep, linearised at the forward activities (s̄_k = s_k before layer k moves).
+    for k in range(L - 1, 0, -1):
+        fb = vjps[k + 1](sp[k + 1] - sm[k + 1])[0]
+        sp[k], sm[k] = _hidden_update(net, a[k], fb, config)
+
+    if config.passes:
+        if config.schedule == "alternating":
+            order = [*range(1, L + 1), *range(L - 1, 0, -1)]
+        else:  # bottom_up
+            order = list(range(1, L + 1))
+
+        def one_pass(_, carry):
+            sp_, sm_ = list(carry[0]), list(carry[1])
+            for k in order:
+                _update_layer(net, params, k, sp_, sm_, t, config, dtype)
+            return tuple(sp_), tuple(sm_)
+
+        sp, sm = jax.lax.fori_loop(0, config.passes, one_pass, (tuple(sp), tuple(sm)))
+    return Dyads(tuple(sp), tuple(sm)), y_hat, t
+
+
+@_static
+def infer_dyads(net: LayeredNet, params, x: jax.Array, y: jax.Array, config: DPConfig) -> Dyads:
+    """Solve the dyads (s⁺_k, s⁻_k), k = 0..L, for a batch: forward pass, output nudge, one
+    top-down sweep, then ``config.passes`` extra passes of ``config.schedule``."""
+    return _infer(net, params, x, y, config)[0]
+
+
+def local_objective(net: LayeredNet, params, dyads: Dyads, config: DPConfig) -> jax.Array:
+    """J(θ) = (1/β) Σ_{k=1..L} ⟨-δ_k, W_{k-1}(θ, s̄_{k-1})⟩ / B with the dyads held fixed."""
+    dtype = jnp.dtype(config.dtype)
+    dyads = jax.lax.stop_gradient(dyads)
+    bar, d = s_bar(dyads, config.alpha), delta(dyads)
+    batch = d[0].shape[0]
+    J = 0.0
+    for k in range(1, net.num_maps + 1):
+        a_k = net.apply_map(k - 1, net.layer_params(params, k - 1), bar[k - 1], dtype)
+        J = J + jnp.vdot(-d[k], a_k).astype(_loss_dtype(dtype))
+    return J / (config.beta * batch)
+
+
+def _batch_loss(y_hat, t, config: DPConfig) -> jax.Array:
+    return jnp.mean(per_example_loss(config.loss, y_hat.astype(t.dtype), t))
+
+
+@_static
+def contrastive_grad(
+    net: LayeredNet, params, x: jax.Array, y: jax.Array, config: DPConfig
+) -> tuple[object, Aux]:
+    """The DP / DP⊤ weight gradient ∇_θ J (same tree as ``params``) and :class:`Aux`.
+
+    ∇_{W_{k-1}} J = -(1/β) δ_k s̄_{k-1}ᵀ / B,  ∇_{b_{k-1}} J = -(1/β) Σ_batch δ_k / B.
+    With ``config.fast`` it is the fast path (:func:`fast_grad`) instead.
+    """
+    if config.fast:
+        return _fast_grad(net, params, x, y, config)
+    dyads, y_hat, t = _infer(net, params, x, y, config)
+    grads = jax.grad(local_objective, argnums=1)(net, params, dyads, config)
+    return grads, Aux(_batch_loss(y_hat, t, config), y_hat)
+
+
+@_static
+def bp_grad(
+    net: LayeredNet, params, x: jax.Array, y: jax.Array, config: DPConfig
+) -> tuple[object, Aux]:
+    """The back-propagation gradient ∇_θ mean_batch ℓ(ŷ(θ, x), y) of the same loss, and Aux."""
+    _check_inputs(x, y)
+    dtype = jnp.dtype(config.dtype)
+
+    def loss_fn(p):
+        y_hat = net.forward(p, x, dtype)
+        t = targets_as_array(y_hat.astype(_loss_dtype(dtype)), y)
+        return _batch_loss(y_hat, t, config), y_hat
+
+    (loss, y_hat), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    return grads, Aux(loss, y_hat)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def dual_activation(f, beta: float, a: jax.Array) -> jax.Array:
+    """f(a) forward; backward rule c ↦ (f(a + β c/2) - f(a - β c/2)) / β (the DP fast path)."""
+    return f(a)
+
+
+def _dual_fwd(f, beta, a):
+    return f(a), a
+
+
+def _dual_bwd(f, beta, a, c):
+    half = (0.5 * beta) * c
+    return ((f(a + half) - f(a - half)) / beta,)
+
+
+dual_activation.defvjp(_dual_fwd, _dual_bwd)
+
+
+def _fast_grad(net: LayeredNet, params, x, y, config: DPConfig):
+    _check_inputs(x, y)
+    dtype = jnp.dtype(config.dtype)
+    L, beta = net.num_maps, config.beta
+
+    def summed_loss(p):
+        s = x
+        for k in range(L):
+            a = net.apply_map(k, net.layer_params(p, k), s, dtype)
+            s = a if k == L - 1 else dual_activation(net.f, beta, a)
+        t = targets_as_array(s.astype(_loss_dtype(dtype)), y)
+        # Sum, not mean: the dual activation's step must see per-example cotangents g.
+        return jnp.sum(per_example_loss(config.loss, s.astype(t.dtype), t)), s
+
+    (total, y_hat), grads = jax.value_and_grad(summed_loss, has_aux=True)(params)
+    batch = x.shape[0]
+    grads = jax.tree.map(lambda g: g / batch, grads)
+    return grads, Aux(total / batch, y_hat)
+
+
+@_static
+def fast_grad(
+    net: LayeredNet, params, x: jax.Array, y: jax.Array, config: DPConfig
+) -> tuple[object, Aux]:
+    """Fast path (2023): autodiff of the summed loss where each hidden f has the dual backward
+    rule of :func:`dual_activation`; the presynaptic factor is the forward activity. Equals DP at
+    α = ½ with one sweep up to O(β²). Gradients are divided by the batch size B."""
+    return _fast_grad(net, params, x, y, config)
+
+
+def _leaf_name(path) -> str:
+    return "/".join(str(getattr(p, "key", getattr(p, "idx", p))) for p in path)
+
+
+def alignment(grads, reference) -> dict[str, dict[str, jax.Array]]:
+    """Per-leaf cosine similarity and norm ratio ‖g‖/‖g_ref‖ between two gradient trees.
+
+    Returns ``{"cosine": {name: c}, "norm_ratio": {name: r}}`` with names like
+    ``"layers/0/kernel"``. Jittable.
+    """
+    flat_g = jax.tree_util.tree_flatten_with_path(grads)[0]
+    flat_r = jax.tree_util.tree_flatten_with_path(reference)[0]
+    if [p for p, _ in flat_g] != [p for p, _ in flat_r]:
+        raise ValueError("alignment needs two gradient trees of the same structure.")
+    cos, ratio = {}, {}
+    for (path, g), (_, r) in zip(flat_g, flat_r, strict=True):
+        g, r = g.ravel(), r.ravel()
+        ng, nr = jnp.linalg.norm(g), jnp.linalg.norm(r)
+        name = _leaf_name(path)
+        cos[name] = jnp.vdot(g, r) / jnp.maximum(ng * nr, jnp.finfo(g.dtype).tiny)
+        ratio[name] = ng / jnp.maximum(nr, jnp.finfo(g.dtype).tiny)
+    return {"cosine": cos, "norm_ratio": ratio}

@@ -1,0 +1,331 @@
+"""Core learning rule: DP/DP⊤ gradients against BP, closed forms, vjp feedback, jit behaviour."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+import dualprop_jax as dp
+
+
+def _model(kind, dtype):
+    rngs = nnx.Rngs(0)
+    if kind == "mlp":
+        return dp.mlp((20, 16, 12, 5), rngs=rngs, param_dtype=dtype), (6, 20)
+    # conv+pool, conv+pool, dense, dense: pooling feeds both a conv and the first dense map
+    return dp.cnn(
+        (8, 8, 2), channels=(4, 6), dense=(10,), num_classes=5, rngs=rngs, param_dtype=dtype
+    ), (6, 8, 8, 2)
+
+
+def _data(x_shape, dtype):
+    x = jax.random.normal(jax.random.key(1), x_shape, dtype)
+    y = jax.random.randint(jax.random.key(2), (x_shape[0],), 0, 5)
+    return x, y
+
+
+@pytest.mark.parametrize("kind", ["mlp", "cnn"])
+@pytest.mark.parametrize("variant", ["dp", "dp_top"])
+@pytest.mark.parametrize("loss", ["softmax_ce", "squared_error"])
+@pytest.mark.parametrize(
+    ("alpha", "beta", "min_cos", "max_ratio_err"),
+    [(0.5, 1e-3, 0.9999, 0.01), (0.0, 1e-4, 0.999, 0.01), (1.0, 1e-4, 0.999, 0.01)],
+)
+def test_contrastive_gradient_tends_to_bp(kind, variant, loss, alpha, beta, min_cos, max_ratio_err):
+    with jax.enable_x64(True):
+        model, x_shape = _model(kind, jnp.float64)
+        net, params = dp.split(model)
+        x, y = _data(x_shape, jnp.float64)
+        cfg = dp.DPConfig(variant=variant, alpha=alpha, beta=beta, loss=loss, dtype="float64")
+        g_dp, _ = dp.contrastive_grad(net, params, x, y, cfg)
+        g_bp, _ = dp.bp_grad(net, params, x, y, cfg)
+        assert jax.tree.structure(g_dp) == jax.tree.structure(params)
+        # oracle for the BP side: raw jax.grad through the NNX module itself
+        graphdef, state = nnx.split(model)
+
+        def raw_loss(st):
+            y_hat = nnx.merge(graphdef, st)(x)
+            t = jax.nn.one_hot(y, 5, dtype=jnp.float64)
+            if loss == "softmax_ce":
+                return jnp.mean(jax.nn.logsumexp(y_hat, -1) - jnp.sum(t * y_hat, -1))
+            return jnp.mean(0.5 * jnp.sum((y_hat - t) ** 2, -1))
+
+        g_raw = nnx.to_pure_dict(jax.grad(raw_loss)(state))
+        chex.assert_trees_all_close(g_bp, g_raw, rtol=1e-10, atol=1e-12)
+        al = dp.alignment(g_dp, g_bp)
+        assert len(al["cosine"]) == 2 * net.num_maps  # kernel and bias of every layer
+        for name, c in al["cosine"].items():
+            assert float(c) >= min_cos, (name, float(c))
+            assert abs(float(al["norm_ratio"][name]) - 1) <= max_ratio_err, name
+
+
+def test_gradient_error_is_second_order_in_beta_at_half_and_first_order_otherwise():
+    """α = ½: error ∝ β² (shrinks ~100x for 10x smaller β); DP at α = 0: error ∝ β (~10x)."""
+    with jax.enable_x64(True):
+        model = dp.mlp(
+            (20, 16, 12, 5), activation="tanh", rngs=nnx.Rngs(0), param_dtype=jnp.float64
+        )
+        net, params = dp.split(model)
+        x, y = _data((6, 20), jnp.float64)
+
+        def err(alpha, beta):
+            cfg = dp.DPConfig(variant="dp", alpha=alpha, beta=beta, dtype="float64")
+            g, _ = dp.contrastive_grad(net, params, x, y, cfg)
+            g_bp, _ = dp.bp_grad(net, params, x, y, cfg)
+            sq = jax.tree.map(lambda a, b: jnp.sum((a - b) ** 2), g, g_bp)
+            return float(jnp.sqrt(sum(jax.tree.leaves(sq))))
+
+        half = err(0.5, 0.1) / err(0.5, 0.01)
+        zero = err(0.0, 0.1) / err(0.0, 0.01)
+        assert 60 < half < 140, half
+        assert 6 < zero < 14, zero
+
+
+# ---------------------------------------------------------------- closed form of ALGORITHM.md
+
+
+def _np_closed_form(Ws, bs, x, t, variant, alpha, beta, f, passes=0, schedule="alternating"):
+    """The table of ALGORITHM.md written out for a dense network with softmax CE (numpy)."""
+    L = len(Ws)
+    s, a = [x], [None]
+    for k in range(L):
+        a.append(s[k] @ Ws[k] + bs[k])
+        s.append(a[-1] if k == L - 1 else f(a[-1]))
+
+    def softmax(z):
+        e = np.exp(z - z.max(-1, keepdims=True))
+        return e / e.sum(-1, keepdims=True)
+
+    def out(a_L):
+        g = softmax(a_L) - t
+        if variant == "dp":
+            return a_L - alpha * beta * g, a_L + (1 - alpha) * beta * g
+        return a_L - (1 - alpha) * beta * g, a_L + alpha * beta * g
+
+    def hidden(a_k, fb):
+        if variant == "dp":
+            return f(a_k + alpha * fb), f(a_k - (1 - alpha) * fb)
+        return f(a_k + (1 - alpha) * fb), f(a_k - alpha * fb)
+
+    sp, sm = list(s), list(s)
+    sp[L], sm[L] = out(a[L])
+    for k in range(L - 1, 0, -1):
+        sp[k], sm[k] = hidden(a[k], (sp[k + 1] - sm[k + 1]) @ Ws[k].T)
+
+    def solve(k):
+        bar = alpha * sp[k - 1] + (1 - alpha) * sm[k - 1]
+        a_k = bar @ Ws[k - 1] + bs[k - 1]
+        if k == L:
+            sp[k], sm[k] = out(a_k)
+        else:
+            sp[k], sm[k] = hidden(a_k, (sp[k + 1] - sm[k + 1]) @ Ws[k].T)
+
+    for _ in range(passes):
+        for k in range(1, L + 1):
+            solve(k)
+        if schedule == "alternating":
+            for k in range(L - 1, 0, -1):
+                solve(k)
+    return sp, sm
+
+
+@pytest.mark.parametrize("variant", ["dp", "dp_top"])
+@pytest.mark.parametrize(
+    ("passes", "schedule"), [(0, "alternating"), (2, "alternating"), (3, "bottom_up")]
+)
+def test_dyads_equal_closed_form_dense(variant, passes, schedule):
+    with jax.enable_x64(True):
+        model = dp.mlp((4, 5, 3, 3), activation="tanh", rngs=nnx.Rngs(3), param_dtype=jnp.float64)
+        net, params = dp.split(model)
+        rng = np.random.default_rng(0)
+        x = rng.normal(size=(7, 4))
+        y = rng.integers(0, 3, size=7)
+        alpha, beta = 0.2, 0.3  # asymmetric α and a large β: DP and DP⊤ differ visibly
+        cfg = dp.DPConfig(
+            variant=variant,
+            alpha=alpha,
+            beta=beta,
+            dtype="float64",
+            passes=passes,
+            schedule=schedule,
+        )
+        dy = dp.infer_dyads(net, params, jnp.asarray(x), jnp.asarray(y), cfg)
+        Ws = [np.asarray(params["layers"][k]["kernel"]) for k in range(3)]
+        bs = [np.asarray(params["layers"][k]["bias"]) for k in range(3)]
+        sp, sm = _np_closed_form(
+            Ws, bs, x, np.eye(3)[y], variant, alpha, beta, np.tanh, passes, schedule
+        )
+        for k in range(4):
+            np.testing.assert_allclose(dy.s_plus[k], sp[k], rtol=1e-12, atol=1e-12)
+            np.testing.assert_allclose(dy.s_minus[k], sm[k], rtol=1e-12, atol=1e-12)
+        # the Hebbian update: ∇W_{k-1} = -(1/β) s̄_{k-1}ᵀ δ_k / B,  ∇b_{k-1} = -(1/β) mean δ_k
+        g, _ = dp.contrastive_grad(net, params, jnp.asarray(x), jnp.asarray(y), cfg)
+        for k in range(1, 4):
+            bar = alpha * sp[k - 1] + (1 - alpha) * sm[k - 1]
+            d = sp[k] - sm[k]
+            np.testing.assert_allclose(
+                g["layers"][k - 1]["kernel"], -bar.T @ d / (beta * 7), rtol=1e-10, atol=1e-12
+            )
+            np.testing.assert_allclose(
+                g["layers"][k - 1]["bias"], -d.mean(0) / beta, rtol=1e-10, atol=1e-12
+            )
+        # the helpers read the same activity and error
+        np.testing.assert_allclose(dp.s_bar(dy, alpha)[1], alpha * sp[1] + (1 - alpha) * sm[1])
+        np.testing.assert_allclose(dp.delta(dy)[2], sp[2] - sm[2])
+
+
+def test_dp_and_dp_top_differ_for_asymmetric_alpha_and_coincide_at_half():
+    model = dp.mlp((4, 5, 3), rngs=nnx.Rngs(0))
+    net, params = dp.split(model)
+    x, y = jax.random.normal(jax.random.key(0), (5, 4)), jnp.arange(5) % 3
+
+    def dyads(variant, alpha):
+        return dp.infer_dyads(
+            net, params, x, y, dp.DPConfig(variant=variant, alpha=alpha, beta=0.5)
+        )
+
+    a, b = dyads("dp", 0.2), dyads("dp_top", 0.2)
+    assert float(jnp.abs(a.s_plus[2] - b.s_plus[2]).max()) > 1e-3
+    chex.assert_trees_all_close(dyads("dp", 0.5), dyads("dp_top", 0.5))
+
+
+# ---------------------------------------------------------------- feedback through jax.vjp
+
+
+def test_feedback_dense_is_w_transpose_delta():
+    model = dp.mlp((6, 4, 3), rngs=nnx.Rngs(0))
+    net, params = dp.split(model)
+    s_bar_1 = jax.random.normal(jax.random.key(0), (5, 4))
+    delta_2 = jax.random.normal(jax.random.key(1), (5, 3))
+    fb = dp.feedback(net, params, 1, s_bar_1, delta_2)
+    W = np.asarray(params["layers"][1]["kernel"])  # (in, out): a = s W + b
+    np.testing.assert_allclose(fb, np.asarray(delta_2) @ W.T, rtol=1e-5, atol=1e-6)
+
+
+def _np_conv_transpose_same(d, K):
+    """Adjoint of a stride-1 'SAME' 3x3 cross-correlation, written as explicit loops."""
+    n, h, w, _ = d.shape
+    kh, kw, cin, _ = K.shape
+    ph, pw = kh // 2, kw // 2
+    out = np.zeros((n, h, w, cin))
+    for i in range(h):
+        for j in range(w):
+            for di in range(kh):
+                for dj in range(kw):
+                    oi, oj = i - di + ph, j - dj + pw  # output position that read input (i, j)
+                    if 0 <= oi < h and 0 <= oj < w:
+                        out[:, i, j, :] += d[:, oi, oj, :] @ K[di, dj].T
+    return out
+
+
+def _np_pool_routing(s, c):
+    """vjp of 2x2/2 max-pool at s: each window's cotangent goes to its argmax."""
+    out = np.zeros_like(s)
+    n, h, w, ch = s.shape
+    for b in range(n):
+        for i in range(h // 2):
+            for j in range(w // 2):
+                for q in range(ch):
+                    win = s[b, 2 * i : 2 * i + 2, 2 * j : 2 * j + 2, q]
+                    di, dj = np.unravel_index(np.argmax(win), (2, 2))
+                    out[b, 2 * i + di, 2 * j + dj, q] = c[b, i, j, q]
+    return out
+
+
+@pytest.mark.parametrize("pool", [False, True])
+def test_feedback_conv_is_transposed_convolution(pool):
+    with jax.enable_x64(True):
+        model = dp.cnn(
+            (8, 8, 2),
+            channels=(3, 4),
+            pool=pool,
+            dense=(),
+            num_classes=2,
+            rngs=nnx.Rngs(0),
+            param_dtype=jnp.float64,
+        )
+        net, params = dp.split(model)
+        k = 1  # map 1: conv 3 -> 4 channels (its input is pooled when pool=True)
+        s_bar_1 = np.random.default_rng(0).normal(size=(2, 8, 8, 3))
+        out_hw = 4 if pool else 8
+        d = np.random.default_rng(1).normal(size=(2, out_hw, out_hw, 4))
+        fb = dp.feedback(net, params, k, jnp.asarray(s_bar_1), jnp.asarray(d))
+        K = np.asarray(params["layers"][k]["kernel"])
+        expected = _np_conv_transpose_same(d, K)
+        if pool:
+            expected = _np_pool_routing(s_bar_1, expected)
+        np.testing.assert_allclose(fb, expected, rtol=1e-10, atol=1e-12)
+
+
+# ---------------------------------------------------------------- jit behaviour
+
+
+def test_jit_and_no_jit_agree_including_extra_passes():
+    model = dp.cnn((8, 8, 1), channels=(4,), dense=(8,), num_classes=3, rngs=nnx.Rngs(0))
+    net, params = dp.split(model)
+    x = jax.random.normal(jax.random.key(0), (4, 8, 8, 1))
+    y = jnp.array([0, 1, 2, 1])
+    for cfg in (
+        dp.DPConfig(),
+        dp.DPConfig(variant="dp", alpha=0.3, passes=2),
+        dp.DPConfig(passes=2, schedule="bottom_up"),
+    ):
+        g_jit, aux_jit = dp.contrastive_grad(net, params, x, y, cfg)
+        with jax.disable_jit():
+            g_eager, aux_eager = dp.contrastive_grad(net, params, x, y, cfg)
+        chex.assert_trees_all_close(g_jit, g_eager, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(aux_jit.loss, aux_eager.loss, rtol=1e-6)
+
+
+def test_second_call_with_new_data_does_not_retrace():
+    model = dp.mlp((10, 8, 3), rngs=nnx.Rngs(0))
+    net, params = dp.split(model)
+    opt = optax.sgd(0.1)
+
+    def step(params, opt_state, x, y):
+        g, aux = dp.contrastive_grad(net, params, x, y, dp.DPConfig(passes=1))
+        updates, opt_state = opt.update(g, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, aux.loss
+
+    step = jax.jit(chex.assert_max_traces(step, n=1))
+    opt_state = opt.init(params)
+    for seed in range(3):
+        x = jax.random.normal(jax.random.key(seed), (4, 10))
+        y = jax.random.randint(jax.random.key(seed + 10), (4,), 0, 3)
+        params, opt_state, _ = step(params, opt_state, x, y)
+    # the library's own jitted function: an equal (new) config and new data hit the cache
+    x = jax.random.normal(jax.random.key(5), (4, 10))
+    y = jnp.array([0, 1, 2, 0])
+    dp.contrastive_grad(net, params, x, y, dp.DPConfig(beta=0.02))
+    size = dp.contrastive_grad._cache_size()
+    dp.contrastive_grad(net, params, x + 1, (y + 1) % 3, dp.DPConfig(beta=0.02))
+    assert dp.contrastive_grad._cache_size() == size
+
+
+# ---------------------------------------------------------------- it learns
+
+
+def test_optax_sgd_with_dp_top_halves_the_loss_of_an_mlp_on_a_fixed_batch(fmnist_raw):
+    xtr, ytr, _, _ = fmnist_raw
+    x = jnp.asarray(xtr[:256], jnp.float32) / 255.0
+    x = (x - x.mean()) / x.std()
+    y = jnp.asarray(ytr[:256])
+    net, params = dp.split(dp.mlp((784, 128, 10), rngs=nnx.Rngs(0)))
+    cfg = dp.DPConfig(variant="dp_top", alpha=0.5, beta=0.01)
+    opt = optax.sgd(0.05)
+    opt_state = opt.init(params)
+
+    @jax.jit
+    def step(params, opt_state):
+        g, aux = dp.contrastive_grad(net, params, x, y, cfg)
+        updates, opt_state = opt.update(g, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, aux.loss
+
+    losses = []
+    for _ in range(100):
+        params, opt_state, loss = step(params, opt_state)
+        losses.append(float(loss))
+    assert losses[-1] <= 0.5 * losses[0], (losses[0], losses[-1])
