@@ -242,7 +242,7 @@ def check_divisible(batch_size: int, mesh: Mesh, what: str = "batch size") -> No
         lo = batch_size - batch_size % n
         raise ValueError(
             f"the global {what} {batch_size} is not divisible by the {n} devices; use a "
-            f"multiple of {n} such as {lo or n} or {lo + n}, or pass --devices to use fewer devices."
+            f"multiple of {n} such as {lo or n} or {lo + n}, or pass --devices."
         )
 
 
@@ -335,7 +335,7 @@ def evaluate(
 
 
 def alignment_fn(net: models.LayeredNet, dp_config: DPConfig) -> Callable:
-    """Jitted ``(params, x, y) -> per-leaf cosine(DP grad, BP grad)``: diagnostics, off the hot path."""
+    """Jitted ``(params, x, y) -> per-leaf cosine(DP grad, BP grad)`` (diagnostics)."""
 
     @jax.jit
     def fn(params, x, y):
