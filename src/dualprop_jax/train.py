@@ -507,6 +507,8 @@ def train_and_evaluate(
         "train_time_s": 0.0,
         "timed_steps": 0,
         "timed_s": 0.0,
+        "input_shape": list(ds.input_shape),
+        "num_classes": ds.num_classes,
     }
     if resume and saved_epoch is not None:
         state, meta = _restore(mgr, saved_epoch, state)
@@ -639,3 +641,28 @@ def train_and_evaluate(
         _write_json(workdir / "results.json", results)
     emit("end", results)
     return results
+
+
+def load_checkpoint(workdir: str | os.PathLike, epoch: int | None = None):
+    """Restore a run: ``(net, state, meta)`` with ``state = {"params", "opt_state",
+    "best_params"}`` from ``workdir`` (latest epoch unless ``epoch`` is given).
+
+    ``models.merge(net, state["params"])`` gives back an NNX module.
+    """
+    import orbax.checkpoint as ocp
+
+    workdir = pathlib.Path(workdir)
+    latest = existing_checkpoint_epoch(workdir)
+    if latest is None or not (workdir / "config.json").exists():
+        raise TrainingError(f"{workdir} holds no checkpointed run (no checkpoints/ or config.json).")
+    config = TrainConfig.from_dict(json.loads((workdir / "config.json").read_text()))
+    epoch = latest if epoch is None else epoch
+    mgr = _ckpt_manager(workdir)
+    meta = mgr.restore(epoch, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    model = build_model(config, meta["input_shape"], meta["num_classes"], nnx.Rngs(config.seed))
+    net, params = models.split(model)
+    # the optimizer state's structure does not depend on the number of steps
+    opt_state = make_optimizer(config, 1).init(params)
+    target = {"params": params, "opt_state": opt_state, "best_params": params}
+    state, meta = _restore(mgr, epoch, target)
+    return net, state, meta
