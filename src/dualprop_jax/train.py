@@ -654,7 +654,7 @@ def load_checkpoint(workdir: str | os.PathLike, epoch: int | None = None):
     workdir = pathlib.Path(workdir)
     latest = existing_checkpoint_epoch(workdir)
     if latest is None or not (workdir / "config.json").exists():
-        raise TrainingError(f"{workdir} holds no checkpointed run (no checkpoints/ or config.json).")
+        raise TrainingError(f"{workdir} holds no checkpointed run (checkpoints/, config.json).")
     config = TrainConfig.from_dict(json.loads((workdir / "config.json").read_text()))
     epoch = latest if epoch is None else epoch
     mgr = _ckpt_manager(workdir)
