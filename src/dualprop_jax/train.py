@@ -591,7 +591,7 @@ def train_and_evaluate(
         if improved:
             meta["best_val_accuracy"] = _finite(val_acc)
             meta["best_epoch"] = epoch
-            state["best_params"] = params
+            state["best_params"] = jax.tree.map(jnp.copy, params)  # params get donated
         row = {
             "epoch": epoch,
             "train_loss": train_loss,
