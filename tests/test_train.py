@@ -146,7 +146,7 @@ def test_killed_run_resumes_to_the_same_final_parameters(tmp_path):
     assert r1["test_accuracy"] == r2["test_accuracy"]
 
 
-# ---------------------------------------------------------------- bad input: clear error, nothing lost
+# ------------------------------------------------ bad input: clear error, nothing lost
 
 
 def _run_cli(args, capsys):

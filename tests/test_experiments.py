@@ -1,0 +1,49 @@
+"""The paper setups in experiments/configs/ are valid and start training on tiny generated data."""
+
+import json
+import pathlib
+
+import numpy as np
+import pytest
+
+from dualprop_jax import train
+
+CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "experiments" / "configs"
+VGG_SETUPS = {"cifar10_vgg16": 10, "cifar100_vgg16": 100, "imagenet32_vgg16": 1000}
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.json")), ids=lambda p: p.stem)
+def test_every_config_file_is_a_valid_train_config(path):
+    cfg = train.TrainConfig.from_dict(json.loads(path.read_text()))
+    assert cfg.algo in train.ALGOS
+
+
+@pytest.mark.parametrize("setup", sorted(VGG_SETUPS))
+def test_vgg16_paper_setup_starts_on_generated_cifar_shaped_data(setup, tmp_path):
+    classes = VGG_SETUPS[setup]
+    rng = np.random.default_rng(0)
+    n_train = 8
+    npz = tmp_path / "tiny.npz"
+    np.savez(
+        npz,
+        x_train=rng.integers(0, 256, (n_train, 32, 32, 3), dtype=np.uint8),
+        y_train=np.r_[np.arange(n_train - 1), classes - 1],  # label C-1 fixes C
+        x_test=rng.integers(0, 256, (4, 32, 32, 3), dtype=np.uint8),
+        y_test=np.arange(4) % classes,
+    )
+    values = json.loads((CONFIGS / f"{setup}.json").read_text())
+    # keep the paper's model, optimizer, schedule and augmentation; shrink only the data and time
+    values.update(
+        dataset=str(npz),
+        batch_size=4,
+        eval_batch_size=4,
+        epochs=1,
+        warmup_epochs=0,
+        val_fraction=0.0,
+    )
+    cfg = train.TrainConfig.from_dict(values)
+    assert cfg.model == "vgg16" and cfg.augment
+    results = train.train_and_evaluate(cfg, tmp_path / "run")
+    assert results["epochs"] == 1 and 0.0 <= results["test_accuracy"] <= 1.0
+    _, state, _ = train.load_checkpoint(tmp_path / "run")
+    assert state["params"]["layers"][15]["kernel"].shape == (4096, classes)
