@@ -42,9 +42,11 @@ def run_one(setup: str, algo: str, seed: int, runs: pathlib.Path, overrides: dic
 
     def hook(event, info):
         if event == "epoch":
-            print(f"  [{setup} {algo} seed {seed}] epoch {info['epoch']:3d} "
-                  f"val {100 * info['val_accuracy']:.2f}% ({info['epoch_time_s']:.1f} s)",
-                  flush=True)
+            print(
+                f"  [{setup} {algo} seed {seed}] epoch {info['epoch']:3d} "
+                f"val {100 * info['val_accuracy']:.2f}% ({info['epoch_time_s']:.1f} s)",
+                flush=True,
+            )
 
     resume = existing_checkpoint_epoch(workdir) is not None
     return train_and_evaluate(cfg, workdir, resume=resume, hook=hook)
@@ -56,8 +58,9 @@ def _fmt(values: list[float]) -> str:
     return f"{100 * statistics.mean(values):.2f} ± {100 * statistics.stdev(values):.2f}"
 
 
-def write_table(runs: pathlib.Path, setups: list[str], algos: list[str], out: pathlib.Path,
-                command: str) -> None:
+def write_table(
+    runs: pathlib.Path, setups: list[str], algos: list[str], out: pathlib.Path, command: str
+) -> None:
     lines = [
         "# Results: DP, DP⊤ and BP on the same model, optimizer and data",
         "",
@@ -77,23 +80,29 @@ def write_table(runs: pathlib.Path, setups: list[str], algos: list[str], out: pa
         cfg = load_setup(setup)
         found: dict[str, list[dict]] = {}
         for algo in algos:
-            found[algo] = [json.loads(p.read_text())
-                           for p in sorted((runs / setup).glob(f"{algo}-seed*/results.json"))]
+            found[algo] = [
+                json.loads(p.read_text())
+                for p in sorted((runs / setup).glob(f"{algo}-seed*/results.json"))
+            ]
         bp = [r["test_accuracy"] for r in found.get("bp", [])]
         for algo in algos:
             rs = found[algo]
             if not rs:
                 continue
             acc = [r["test_accuracy"] for r in rs]
-            delta = (f"{100 * (statistics.mean(acc) - statistics.mean(bp)):+.2f}"
-                     if bp and algo != "bp" else "")
+            delta = (
+                f"{100 * (statistics.mean(acc) - statistics.mean(bp)):+.2f}"
+                if bp and algo != "bp"
+                else ""
+            )
             ab = ("–", "–") if algo == "bp" else (rs[0]["alpha"], rs[0]["beta"])
             lines.append(
                 f"| {setup} ({cfg['model']}, {cfg['epochs']} ep) | {algo} | {ab[0]} | {ab[1]} | "
                 f"{','.join(str(r['seed']) for r in rs)} | {_fmt(acc)} | "
                 f"{' '.join(f'{100 * a:.2f}' for a in acc)} | {delta} | "
                 f"{statistics.mean(r['train_time_s'] for r in rs):.0f} | "
-                f"{statistics.mean(r['steps_per_s'] or 0 for r in rs):.1f} |")
+                f"{statistics.mean(r['steps_per_s'] or 0 for r in rs):.1f} |"
+            )
     lines += ["", "Configs: `experiments/configs/<setup>.json`. Runs: `runs/compare/`.", ""]
     out.write_text("\n".join(lines))
 
@@ -105,8 +114,12 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--runs", type=pathlib.Path, default=pathlib.Path("runs/compare"))
     parser.add_argument("--out", type=pathlib.Path, default=HERE / "RESULTS.md")
-    parser.add_argument("--override", action="append", default=[],
-                        help="FIELD=JSON value applied to every setup, e.g. epochs=1")
+    parser.add_argument(
+        "--override",
+        action="append",
+        default=[],
+        help="FIELD=JSON value applied to every setup, e.g. epochs=1",
+    )
     args = parser.parse_args()
     setups, algos = args.setups.split(","), args.algos.split(",")
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -116,8 +129,9 @@ def main() -> None:
         for seed in seeds:
             for algo in algos:  # interleave algorithms so a partial table stays comparable
                 r = run_one(setup, algo, seed, args.runs, overrides)
-                print(f"{setup} {algo} seed {seed}: test {100 * r['test_accuracy']:.2f}%",
-                      flush=True)
+                print(
+                    f"{setup} {algo} seed {seed}: test {100 * r['test_accuracy']:.2f}%", flush=True
+                )
                 write_table(args.runs, setups, algos, args.out, command)
 
 

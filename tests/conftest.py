@@ -1,12 +1,16 @@
 """Shared fixtures. Real data: Fashion-MNIST from Debian's dataset-fashion-mnist package."""
 
 import gzip
+import os
 import pathlib
 
 import numpy as np
 import pytest
 
-FMNIST_DIR = pathlib.Path("/usr/share/datasets/fashion-mnist")
+# DUALPROP_TEST_FMNIST_DIR points the tests at a copy elsewhere (e.g. on a machine without apt).
+FMNIST_DIR = pathlib.Path(
+    os.environ.get("DUALPROP_TEST_FMNIST_DIR", "/usr/share/datasets/fashion-mnist")
+)
 
 
 def _read_idx(path: pathlib.Path, offset: int) -> np.ndarray:

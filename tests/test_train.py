@@ -253,6 +253,18 @@ def test_data_dir_that_does_not_exist(tmp_path, capsys):
     assert code == 2 and str(missing) in err and "does not exist" in err
 
 
+def test_multi_process_run_without_workdir_is_refused_before_jax_distributed_starts(
+    tmp_path, capsys, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    code, err = _run_cli(
+        ["train", "--coordinator", "127.0.0.1:1", "--num-processes", "2", "--process-id", "0"],
+        capsys,
+    )
+    assert code == 2 and "--workdir is required" in err
+    assert not (tmp_path / "runs").exists()
+
+
 def _npz(path, **overrides):
     rng = np.random.default_rng(0)
     arrays = dict(

@@ -208,6 +208,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     try:
         config = config_from_args(args)
+        if (args.num_processes or 1) > 1 and args.workdir is None:
+            raise ValueError(
+                "--workdir is required with --num-processes > 1: every process must write to "
+                "the same directory, and the default name holds each process's own start time."
+            )
         if args.coordinator or args.num_processes:
             from dualprop_jax.distributed import initialize
 
@@ -217,20 +222,22 @@ def cmd_train(args: argparse.Namespace) -> int:
                 args.process_id,
                 local_cpu_devices=args.local_cpu_devices,
             )
+        import jax
+
         workdir = args.workdir
         if workdir is None:
             stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
             name = pathlib.Path(config.dataset).stem.replace("/", "_")
             workdir = pathlib.Path("runs") / f"{name}-{config.model}-{config.algo}-{stamp}"
-        results = train_and_evaluate(config, workdir, resume=args.resume, hook=_Progress())
+        # one progress bar: process 0 speaks for a multi-process run
+        hook = _Progress() if jax.process_index() == 0 else None
+        results = train_and_evaluate(config, workdir, resume=args.resume, hook=hook)
     except DivergenceError as e:
         print(f"dualprop: training diverged: {e}", file=sys.stderr)
         return 1
     except (DataError, TrainingError, ValueError) as e:
         print(f"dualprop: error: {e}", file=sys.stderr)
         return 2
-    import jax
-
     if jax.process_index() == 0:
         title = f"{config.model} / {config.dataset} / {config.algo}"
         _write_plots(pathlib.Path(workdir), title)

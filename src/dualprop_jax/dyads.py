@@ -17,6 +17,15 @@ Weight update: with the dyads fixed, the gradient of the local objective
 i.e. ∇_{W_{k-1}} J = -(1/β) δ_k s̄_{k-1}ᵀ (a Hebbian outer product), which tends to the BP
 gradient of the batch-mean loss as β → 0.
 
+Precision: the layer maps compute in ``config.dtype``; losses, output gradients and the dyad
+states s⁺, s⁻ are kept in at least float32 (δ = s⁺ - s⁻ is O(β) and would cancel in bfloat16);
+parameters and their gradients keep the parameters' dtype.
+
+Cost: one sweep costs what BP costs. The forward pass keeps each map's vjp, so the sweep reuses
+it (no recomputed forward); f is evaluated once on the stacked pair (s⁺, s⁻); the Hebbian
+gradient is a vjp whose primal is dead code for XLA. For dense and conv maps the compiled step
+has exactly BP's matmuls and convolutions.
+
 Every public function here is pure and jitted with ``net`` and ``config`` static.
 """
 
@@ -50,8 +59,10 @@ class Aux(NamedTuple):
 
 
 def s_bar(dyads: Dyads, alpha: float) -> tuple[jax.Array, ...]:
-    """Activity of every layer: s̄_k = α s⁺_k + (1-α) s⁻_k."""
-    return tuple(alpha * sp + (1.0 - alpha) * sm for sp, sm in zip(*dyads, strict=True))
+    """Activity of every layer: s̄_k = α s⁺_k + (1-α) s⁻_k (s⁺_k itself where s⁺_k is s⁻_k)."""
+    return tuple(
+        sp if sp is sm else alpha * sp + (1.0 - alpha) * sm for sp, sm in zip(*dyads, strict=True)
+    )
 
 
 def delta(dyads: Dyads) -> tuple[jax.Array, ...]:
@@ -59,8 +70,13 @@ def delta(dyads: Dyads) -> tuple[jax.Array, ...]:
     return tuple(sp - sm for sp, sm in zip(*dyads, strict=True))
 
 
-def _loss_dtype(dtype) -> jnp.dtype:
-    """Losses and output gradients are computed in at least float32."""
+def _wide(dtype) -> jnp.dtype:
+    """At least float32: the dtype of losses, output gradients and dyad states.
+
+    δ = s⁺ - s⁻ is a difference of two nearby states (their gap is O(β)); in bfloat16 (8-bit
+    mantissa) it would cancel to noise at β = 0.01, so dyads are solved in float32 even when
+    the layer maps compute in bfloat16.
+    """
     return jnp.promote_types(dtype, jnp.float32)
 
 
@@ -75,23 +91,32 @@ def _check_inputs(x: jax.Array, y: jax.Array) -> None:
 
 
 def _output_nudge(y_hat, t, config: DPConfig):
-    """s⁺_L = a_L - c⁺ β g,  s⁻_L = a_L + c⁻ β g  with g = ∇ℓ(ŷ, t)."""
+    """s⁺_L = a_L - c⁺ β g,  s⁻_L = a_L + c⁻ β g  with g = ∇ℓ(ŷ, t), in at least float32."""
     c_plus, c_minus = config.nudge_coefficients
-    g = loss_gradient(config.loss, y_hat.astype(_loss_dtype(y_hat.dtype)), t)
-    beta_g = (config.beta * g).astype(y_hat.dtype)
-    return y_hat - c_plus * beta_g, y_hat + c_minus * beta_g
+    a = y_hat.astype(_wide(y_hat.dtype))
+    beta_g = config.beta * loss_gradient(config.loss, a, t)
+    return a - c_plus * beta_g, a + c_minus * beta_g
 
 
 def _hidden_update(net: LayeredNet, a, fb, config: DPConfig):
-    """s⁺_k = f(a_k + c⁺ fb_k),  s⁻_k = f(a_k - c⁻ fb_k)."""
+    """s⁺_k = f(a_k + c⁺ fb_k),  s⁻_k = f(a_k - c⁻ fb_k), in at least float32.
+
+    f is applied once, to the two pre-activations stacked on a new leading axis. (With two
+    separate f calls XLA's CPU backend recomputed δ_k in each of its consumers and stored a
+    full-size broadcast of α for the max-pool of s̄; stacked, it does neither.)
+    """
     c_plus, c_minus = config.nudge_coefficients
-    return net.f(a + c_plus * fb), net.f(a - c_minus * fb)
+    wide = _wide(a.dtype)
+    a, fb = a.astype(wide), fb.astype(wide)
+    coef = jnp.asarray([c_plus, -c_minus], wide).reshape((2,) + (1,) * a.ndim)
+    s_pm = net.f(a[None] + coef * fb[None])
+    return s_pm[0], s_pm[1]
 
 
 def feedback(net: LayeredNet, params, k: int, s_bar_k, delta_next, dtype=None):
     """fb_k = J_kᵀ δ_{k+1}: the vjp of map k (layer k → k+1) at s̄_k, applied to δ_{k+1}."""
-    _, vjp = jax.vjp(lambda s: net.apply_map(k, net.layer_params(params, k), s, dtype), s_bar_k)
-    return vjp(delta_next)[0]
+    a, vjp = jax.vjp(lambda s: net.apply_map(k, net.layer_params(params, k), s, dtype), s_bar_k)
+    return vjp(delta_next.astype(a.dtype))[0]
 
 
 def _update_layer(
@@ -124,12 +149,12 @@ def _infer(net: LayeredNet, params, x, y, config: DPConfig):
         vjps.append(vjp)
         s.append(a_next if k == L - 1 else net.f(a_next))
     y_hat = a[L]
-    t = targets_as_array(y_hat.astype(_loss_dtype(dtype)), y)
+    t = targets_as_array(y_hat.astype(_wide(dtype)), y)
     sp, sm = list(s), list(s)
     sp[L], sm[L] = _output_nudge(y_hat, t, config)
     # One top-down sweep, linearised at the forward activities (s̄_k = s_k before layer k moves).
     for k in range(L - 1, 0, -1):
-        fb = vjps[k + 1](sp[k + 1] - sm[k + 1])[0]
+        fb = vjps[k + 1]((sp[k + 1] - sm[k + 1]).astype(a[k + 1].dtype))[0]
         sp[k], sm[k] = _hidden_update(net, a[k], fb, config)
 
     if config.passes:
@@ -164,8 +189,31 @@ def local_objective(net: LayeredNet, params, dyads: Dyads, config: DPConfig) -> 
     J = 0.0
     for k in range(1, net.num_maps + 1):
         a_k = net.apply_map(k - 1, net.layer_params(params, k - 1), bar[k - 1], dtype)
-        J = J + jnp.vdot(-d[k], a_k).astype(_loss_dtype(dtype))
+        J = J + jnp.vdot(-d[k], a_k).astype(_wide(dtype))
     return J / (config.beta * batch)
+
+
+def _hebbian_grads(net: LayeredNet, params, dyads: Dyads, config: DPConfig):
+    """∇_θ J of :func:`local_objective`: one vjp of all maps at s̄, with cotangents δ_k.
+
+    Equal to ``jax.grad(local_objective)``, with the structure of ``params``; the factor
+    -1/(βB) is applied to the (small) parameter gradients rather than to every δ_k, which saves
+    a pass over each activation. The primals W_{k-1}(s̄_{k-1}) that the vjp evaluates are
+    unused, and jit removes them.
+    """
+    dtype = jnp.dtype(config.dtype)
+    bar, d = jax.lax.stop_gradient((s_bar(dyads, config.alpha), delta(dyads)))
+    scale = -1.0 / (config.beta * d[0].shape[0])
+
+    def maps(p):
+        return tuple(
+            net.apply_map(k - 1, net.layer_params(p, k - 1), bar[k - 1], dtype)
+            for k in range(1, net.num_maps + 1)
+        )
+
+    a, vjp = jax.vjp(maps, params)
+    (grads,) = vjp(tuple(d_k.astype(a_k.dtype) for d_k, a_k in zip(d[1:], a, strict=True)))
+    return jax.tree.map(lambda g: (scale * g).astype(g.dtype), grads)
 
 
 def _batch_loss(y_hat, t, config: DPConfig) -> jax.Array:
@@ -184,7 +232,7 @@ def contrastive_grad(
     if config.fast:
         return _fast_grad(net, params, x, y, config)
     dyads, y_hat, t = _infer(net, params, x, y, config)
-    grads = jax.grad(local_objective, argnums=1)(net, params, dyads, config)
+    grads = _hebbian_grads(net, params, dyads, config)
     return grads, Aux(_batch_loss(y_hat, t, config), y_hat)
 
 
@@ -198,7 +246,7 @@ def bp_grad(
 
     def loss_fn(p):
         y_hat = net.forward(p, x, dtype)
-        t = targets_as_array(y_hat.astype(_loss_dtype(dtype)), y)
+        t = targets_as_array(y_hat.astype(_wide(dtype)), y)
         return _batch_loss(y_hat, t, config), y_hat
 
     (loss, y_hat), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
@@ -216,8 +264,11 @@ def _dual_fwd(f, beta, a):
 
 
 def _dual_bwd(f, beta, a, c):
-    half = (0.5 * beta) * c
-    return ((f(a + half) - f(a - half)) / beta,)
+    # the finite difference cancels to noise in bfloat16: take it in at least float32
+    wide = _wide(a.dtype)
+    half = (0.5 * beta) * c.astype(wide)
+    a_w = a.astype(wide)
+    return (((f(a_w + half) - f(a_w - half)) / beta).astype(a.dtype),)
 
 
 dual_activation.defvjp(_dual_fwd, _dual_bwd)
@@ -233,7 +284,7 @@ def _fast_grad(net: LayeredNet, params, x, y, config: DPConfig):
         for k in range(L):
             a = net.apply_map(k, net.layer_params(p, k), s, dtype)
             s = a if k == L - 1 else dual_activation(net.f, beta, a)
-        t = targets_as_array(s.astype(_loss_dtype(dtype)), y)
+        t = targets_as_array(s.astype(_wide(dtype)), y)
         # Sum, not mean: the dual activation's step must see per-example cotangents g.
         return jnp.sum(per_example_loss(config.loss, s.astype(t.dtype), t)), s
 

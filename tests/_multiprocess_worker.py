@@ -1,0 +1,194 @@
+"""Worker for tests/test_multidevice.py: runs in a fresh process, so it can choose its devices.
+
+    python _multiprocess_worker.py OUTDIR --local-devices K [--job steps] [--job train]
+        [--job checks] [--cases mlp_dp_top,...]
+        [--coordinator HOST:PORT --num-processes N --process-id I]
+
+Jobs, each over all (global) devices:
+  steps   :data:`STEPS` data-parallel train steps of each case of :data:`CASES`; parameters and
+          metrics after every step go to ``OUTDIR/steps-<process>.npz``.
+  train   ``train_and_evaluate`` on Fashion-MNIST (:func:`short_run_config`) in ``OUTDIR/train``.
+  checks  the messages of the clear errors (batch not divisible, too many devices), whether
+          the compiled step all-reduces across devices, and the bound on queued steps, to
+          ``OUTDIR/checks.json``.
+With ``--coordinator`` the process first joins a ``jax.distributed`` run. The test imports the
+same functions to compute the one-device oracle in its own process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+
+import jax
+import numpy as np
+from flax import nnx
+
+from dualprop_jax import data, distributed, models, train
+
+CASES = {  # name: (model, algo)
+    "mlp_dp_top": ("mlp", "dp_top"),
+    "cnn_dp_top": ("cnn", "dp_top"),
+    "mlp_dp": ("mlp", "dp"),
+    "mlp_bp": ("mlp", "bp"),
+}
+STEPS = 3
+GLOBAL_BATCH = 16
+SHORT_RUN_TRAIN = 3000
+
+
+def batches(model: str, steps: int = STEPS, batch: int = GLOBAL_BATCH):
+    """Fixed global batches ``(steps, batch, ...)``: every process builds the same ones."""
+    rng = np.random.default_rng(1234)
+    shape = (28, 28, 1) if model == "cnn" else (20,)
+    x = rng.standard_normal((steps, batch, *shape)).astype(np.float32)
+    y = rng.integers(0, 10, (steps, batch)).astype(np.int32)
+    return x, y
+
+
+def build(model: str):
+    rngs = nnx.Rngs(0)
+    if model == "cnn":
+        return models.split(models.cnn((28, 28, 1), channels=(4, 8), dense=(16,), rngs=rngs))
+    return models.split(models.mlp((20, 32, 24, 10), rngs=rngs))
+
+
+def local_value(x: jax.Array) -> np.ndarray:
+    """The value of a replicated (possibly multi-process) array, read from a local device."""
+    return np.asarray(x.addressable_data(0))
+
+
+def run_steps(name: str, mesh, steps: int = STEPS) -> dict[str, np.ndarray]:
+    """Parameters and metrics after each of ``steps`` train steps of case ``name`` on ``mesh``.
+
+    SGD with momentum on the rule's gradient (linear in it, so a gradient summed instead of
+    averaged over devices would show; Adam would hide it); the global batch is split over
+    ``mesh``. DP and DP⊤ use α = 0.3, where they differ.
+    """
+    model, algo = CASES[name]
+    cfg = train.TrainConfig(model=model, algo=algo, alpha=0.3, optimizer="sgd", learning_rate=0.1)
+    net, params = build(model)
+    optimizer = train.make_optimizer(cfg, steps_per_epoch=steps)
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    batch = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+    params = jax.device_put(params, replicated)
+    opt_state = jax.device_put(optimizer.init(params), replicated)
+    step = train.make_train_step(net, cfg.dp_config(), algo, optimizer, mesh)
+    xs, ys = batches(model, steps)
+    out: dict[str, np.ndarray] = {}
+    for i in range(steps):
+        x, y = train.global_array(xs[i], batch), train.global_array(ys[i], batch)
+        params, opt_state, metrics = step(params, opt_state, x, y, jax.random.key(i))
+        for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+            out[f"{name}/{i}/params{jax.tree_util.keystr(path)}"] = local_value(leaf)
+        for k, v in metrics.items():
+            out[f"{name}/{i}/{k}"] = local_value(v)
+    return out
+
+
+def short_run_config(devices: int | None) -> train.TrainConfig:
+    """One epoch of DP⊤ with a small MLP on a Fashion-MNIST subset."""
+    return train.TrainConfig(
+        model="mlp",
+        widths=(128,),
+        algo="dp_top",
+        epochs=1,
+        batch_size=100,
+        eval_batch_size=500,
+        max_train=SHORT_RUN_TRAIN,
+        devices=devices,
+    )
+
+
+def short_run_data() -> data.Dataset:
+    return data.load_dataset("fashion_mnist", max_train=SHORT_RUN_TRAIN, seed=0)
+
+
+def _error_message(fn) -> str | None:
+    try:
+        fn()
+    except ValueError as err:
+        return str(err)
+    return None
+
+
+def checks(workdir: pathlib.Path) -> dict[str, object]:
+    """What a user sees for a batch not divisible by the devices and for too many devices, and
+    whether the compiled MLP train step holds an all-reduce (gradients averaged across devices).
+    """
+    n = len(jax.devices())
+    mesh = train.make_mesh(n)
+    cfg = train.TrainConfig(model="mlp", algo="dp_top")
+    net, params = build("mlp")
+    opt = train.make_optimizer(cfg, 1)
+    step = train.make_train_step(net, cfg.dp_config(), "dp_top", opt, mesh, donate=False)
+    xs, ys = batches("mlp", steps=1)
+    hlo = step.lower(params, opt.init(params), xs[0], ys[0], jax.random.key(0)).compile().as_text()
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((40, 6)).astype(np.float32), np.arange(40, dtype=np.int32) % 3
+    ds = data.Dataset("tiny", x, y, x[:0], y[:0], x[:8], y[:8], 3, False, "synthetic")
+    batch = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+    odd = n + 1 if n > 1 else 1  # not a multiple of n (for n > 1)
+    return {
+        "devices": n,
+        "all_reduce": "all-reduce" in hlo,
+        "steps_in_flight": train.steps_in_flight(mesh),
+        "train_batch": _error_message(
+            lambda: train.train_and_evaluate(
+                train.TrainConfig(batch_size=odd, widths=(4,)), workdir / "odd", dataset=ds
+            )
+        ),
+        "global_array": _error_message(lambda: train.global_array(x[:odd], batch)),
+        "train_devices": _error_message(
+            lambda: train.train_and_evaluate(
+                train.TrainConfig(devices=n + 1, widths=(4,), batch_size=8),
+                workdir / "many",
+                dataset=ds,
+            )
+        ),
+    }
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("out", type=pathlib.Path)
+    parser.add_argument("--job", action="append", choices=("steps", "train", "checks"))
+    parser.add_argument("--cases", default=",".join(CASES))
+    parser.add_argument("--local-devices", type=int, default=None)
+    parser.add_argument("--coordinator", default=None)
+    parser.add_argument("--num-processes", type=int, default=1)
+    parser.add_argument("--process-id", type=int, default=0)
+    args = parser.parse_args(argv)
+    if args.coordinator is not None:
+        distributed.initialize(
+            args.coordinator,
+            args.num_processes,
+            args.process_id,
+            local_cpu_devices=args.local_devices,
+            timeout_s=60,
+        )
+    elif args.local_devices is not None:
+        jax.config.update("jax_num_cpu_devices", args.local_devices)
+    args.out.mkdir(parents=True, exist_ok=True)
+    for job in args.job or ():
+        if job == "steps":
+            mesh = train.make_mesh()
+            out = {"devices": np.asarray(mesh.devices.size)}
+            out["processes"] = np.asarray(jax.process_count())
+            for name in args.cases.split(","):
+                out.update(run_steps(name, mesh))
+            np.savez(args.out / f"steps-{jax.process_index()}.npz", **out)
+        elif job == "train":
+            train.train_and_evaluate(
+                short_run_config(None), args.out / "train", dataset=short_run_data()
+            )
+        else:
+            (args.out / "checks.json").write_text(json.dumps(checks(args.out)))
+    if args.coordinator is not None:
+        distributed.shutdown()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
