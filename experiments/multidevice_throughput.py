@@ -57,7 +57,7 @@ def measure(devices: int, setup: str, algo: str, steps: int, repeats: int) -> di
     order = data.epoch_batches(len(ds.x_train), cfg.batch_size, np.random.default_rng(0))
     key = jax.random.key(0)
 
-    limit, queued = train.steps_in_flight(mesh), []
+    throttle = train.StepThrottle(mesh)  # as train_and_evaluate does
 
     def run(n: int) -> float:
         nonlocal params, opt_state
@@ -67,10 +67,7 @@ def measure(devices: int, setup: str, algo: str, steps: int, repeats: int) -> di
             x = train.global_array(ds.x_train[idx], batch)
             y = train.global_array(ds.y_train[idx], batch)
             params, opt_state, m = step(params, opt_state, x, y, key)
-            if limit:  # as train_and_evaluate does (XLA CPU deadlocks with many queued)
-                queued.append(m["loss"])
-                if len(queued) >= limit:
-                    jax.block_until_ready(queued.pop(0))
+            throttle(m["loss"])
         jax.block_until_ready(params)
         return time.perf_counter() - t0
 

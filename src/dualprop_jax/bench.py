@@ -32,14 +32,18 @@ from collections.abc import Callable, Sequence
 
 import jax
 import numpy as np
-import optax
 from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from dualprop_jax import models
-from dualprop_jax.config import DPConfig
-from dualprop_jax.train import global_array, make_mesh, make_train_step
+from dualprop_jax.train import (
+    TrainConfig,
+    global_array,
+    make_mesh,
+    make_optimizer,
+    make_train_step,
+)
 
 ALGOS = ("bp", "dp_top", "dp", "fast")
 """``bp``: back-propagation; ``dp_top``: DP⊤, one top-down sweep; ``dp``: DP (2023 variant),
@@ -78,23 +82,35 @@ DEFAULT_STEPS = {"mlp": 200, "cnn": 60, "vgg16": 20}
 CPU_VGG_BATCH = 8
 
 
-def algo_config(algo: str, alpha: float, beta: float, dtype: str, passes: int) -> DPConfig:
-    """The learning-rule config of one benchmark row (``bp`` only reads loss and dtype)."""
+def train_config(algo: str, alpha: float, beta: float, dtype: str, passes: int) -> TrainConfig:
+    """The training config of one benchmark row: its learning rule and the shared optimizer.
+
+    Every algorithm uses the paper's VGG optimizer, SGD with momentum 0.9, decoupled weight
+    decay 5e-4 and a constant learning rate of 0.01, built by :func:`train.make_optimizer`.
+    ``fast`` is the 2023 rule on the fast path (α = ½ there).
+    """
     if algo not in ALGOS:
         raise ValueError(f"algo={algo!r} is unknown; choose from {ALGOS}.")
-    if algo == "fast":
-        return DPConfig(variant="dp", alpha=0.5, beta=beta, dtype=dtype, fast=True)
-    variant = "dp" if algo == "dp" else "dp_top"
-    return DPConfig(variant=variant, alpha=alpha, beta=beta, dtype=dtype, passes=passes)
-
-
-def sgd_momentum(learning_rate: float = 0.01, momentum: float = 0.9, weight_decay: float = 5e-4):
-    """SGD with momentum and decoupled weight decay (the paper's VGG setup), same for all algos."""
-    return optax.chain(
-        optax.trace(decay=momentum),
-        optax.add_decayed_weights(weight_decay),
-        optax.scale_by_learning_rate(learning_rate),
+    fast = algo == "fast"
+    return TrainConfig(
+        algo="dp" if fast else algo,
+        alpha=0.5 if fast else alpha,
+        beta=beta,
+        dtype=dtype,
+        passes=0 if fast else passes,
+        fast=fast,
+        optimizer="sgd",
+        learning_rate=0.01,
+        momentum=0.9,
+        weight_decay=5e-4,
     )
+
+
+def _step(net, config: TrainConfig, mesh, *, augment: bool = False):
+    """The jitted train step and the optimizer of one benchmark row (the ones training runs)."""
+    optimizer = make_optimizer(config, steps_per_epoch=1)  # constant rate: no schedule
+    step = make_train_step(net, config.dp_config(), config.algo, optimizer, mesh, augment=augment)
+    return step, optimizer
 
 
 def device_description() -> str:
@@ -163,16 +179,13 @@ def bench_model(
         raise ValueError(f"need steps >= 1 and warmup >= 0, got steps={steps}, warmup={warmup}.")
     mesh = make_mesh(1)
     net, params0 = models.split(spec.build(nnx.Rngs(seed)))
-    optimizer = sgd_momentum()
     replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
     x, y = (global_array(v, sharded) for v in random_batch(spec, batch, seed))
     key = jax.random.key(seed)
 
     compiled, state, compile_s, peak = {}, {}, {}, {}
     for algo in algos:
-        step = make_train_step(
-            net, algo_config(algo, alpha, beta, dtype, passes), _train_algo(algo), optimizer, mesh
-        )
+        step, optimizer = _step(net, train_config(algo, alpha, beta, dtype, passes), mesh)
         # every algorithm owns a copy of the same initial state (the step donates it)
         params = jax.device_put(jax.tree.map(np.asarray, params0), replicated)
         opt_state = jax.device_put(optimizer.init(params), replicated)
@@ -226,10 +239,6 @@ def bench_model(
     return rows
 
 
-def _train_algo(algo: str) -> str:
-    return {"bp": "bp", "dp": "dp", "dp_top": "dp_top", "fast": "dp"}[algo]
-
-
 def time_epoch(
     *,
     images: int = 45_000,
@@ -265,14 +274,12 @@ def time_epoch(
     x_host, y_host = random_batch(spec, images, seed)
     rng = np.random.default_rng(seed)
     net, params0 = models.split(spec.build(nnx.Rngs(seed)))
-    optimizer = sgd_momentum()
     augment = len(spec.input_shape) == 3
     steps, state, first_s = {}, {}, {}
     key = jax.random.key(seed)
     for algo in algos:
-        config = algo_config(algo, 0.5, beta, dtype, 0)
-        steps[algo] = make_train_step(
-            net, config, _train_algo(algo), optimizer, mesh, augment=augment
+        steps[algo], optimizer = _step(
+            net, train_config(algo, 0.5, beta, dtype, 0), mesh, augment=augment
         )
         params = jax.device_put(jax.tree.map(np.asarray, params0), replicated)
         opt_state = jax.device_put(optimizer.init(params), replicated)

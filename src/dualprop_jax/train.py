@@ -11,6 +11,7 @@ It writes what a run must leave behind (checkpoints, ``results.json``, ``metrics
 
 from __future__ import annotations
 
+import collections
 import csv
 import dataclasses
 import json
@@ -262,6 +263,24 @@ def steps_in_flight(mesh: Mesh) -> int | None:
     20; the process aborts after 40 s in ``rendezvous.cc``). Two keep host and devices busy.
     """
     return 2 if mesh.devices.size > 1 and mesh.devices.flat[0].platform == "cpu" else None
+
+
+class StepThrottle:
+    """Keeps at most :func:`steps_in_flight` dispatched train steps queued on ``mesh``.
+
+    Call ``throttle(metrics)`` after dispatching each step: where the mesh needs a bound it
+    waits for the oldest queued step's output; elsewhere it does nothing.
+    """
+
+    def __init__(self, mesh: Mesh) -> None:
+        self.limit = steps_in_flight(mesh)
+        self._queued: collections.deque = collections.deque()
+
+    def __call__(self, step_output) -> None:
+        if self.limit:
+            self._queued.append(step_output)
+            if len(self._queued) >= self.limit:
+                jax.block_until_ready(self._queued.popleft())
 
 
 def make_train_step(
@@ -541,7 +560,7 @@ def train_and_evaluate(
     eval_step = make_eval_step(net, dp_config, mesh)
     diag = alignment_fn(net, dp_config) if config.diagnostics_every else None
     base_key = jax.random.key(config.seed)
-    queue_limit, queued = steps_in_flight(mesh), []
+    throttle = StepThrottle(mesh)
     emit(
         "start",
         {
@@ -569,10 +588,7 @@ def train_and_evaluate(
             key = jax.random.fold_in(base_key, global_step)
             params, opt_state, m = train_step(params, opt_state, x, y, key)
             loss_sum, correct_sum = loss_sum + m["loss"], correct_sum + m["correct"]
-            if queue_limit:
-                queued.append(m["loss"])
-                if len(queued) >= queue_limit:
-                    jax.block_until_ready(queued.pop(0))
+            throttle(m["loss"])
             seen += len(idx)
             if i == 0:
                 jax.block_until_ready(params)
