@@ -13,100 +13,107 @@ import pytest
 from flax import nnx
 
 import dualprop_jax as dp
-from dualprop_jax import bench
+from dualprop_jax import benchmark, cli, rules
 
-TINY = bench.ModelSpec(
+TINY = benchmark.ModelSpec(
     lambda rngs: dp.mlp((6, 8, 8, 4), rngs=rngs), (6,), "tiny MLP 6-8-8-4", num_classes=4
 )
-TINY_CONV = bench.ModelSpec(
+TINY_CONV = benchmark.ModelSpec(
     lambda rngs: dp.cnn((8, 8, 3), channels=(4,), dense=(8,), num_classes=10, rngs=rngs),
     (8, 8, 3),
     "tiny CNN",
 )
-ROW_KEYS = {"model", "algo", "batch", "step_ms_median", "ratio_to_bp", "compile_s", "peak_bytes"}
+ROW_KEYS = {"model", "rule", "batch", "step_ms_median", "ratio_to_bp", "compile_s", "peak_bytes"}
 
 
 def _raw_loss(spec, batch, seed=0):
     """Softmax cross-entropy of the freshly built NNX module on the benchmark batch (raw jax)."""
     model = spec.build(nnx.Rngs(seed))
-    x, y = bench.random_batch(spec, batch, seed)
+    x, y = benchmark.random_batch(spec, batch, seed)
     logits = model(jnp.asarray(x))
     t = jax.nn.one_hot(y, spec.num_classes)
     return float(jnp.mean(jax.nn.logsumexp(logits, -1) - jnp.sum(t * logits, -1)))
 
 
-def _check_schema(result, models, algos):
+def _check_schema(result, models, labels):
     assert {"backend", "device", "jax_version", "rows"} <= set(result)
     assert result["backend"] == jax.default_backend()
     assert result["jax_version"] == jax.__version__
-    assert [(r["model"], r["algo"]) for r in result["rows"]] == [
-        (m, a) for m in models for a in algos
+    assert [(r["model"], r["rule"]) for r in result["rows"]] == [
+        (m, a) for m in models for a in labels
     ]
     for r in result["rows"]:
         assert ROW_KEYS <= set(r), set(r)
         assert r["step_ms_median"] > 0 and r["compile_s"] > 0
         assert r["peak_bytes"] is None or r["peak_bytes"] > 0
-        bp = next(b for b in result["rows"] if b["model"] == r["model"] and b["algo"] == "bp")
+        bp = next(b for b in result["rows"] if b["model"] == r["model"] and b["rule"] == "bp")
         assert r["ratio_to_bp"] == pytest.approx(r["step_ms_median"] / bp["step_ms_median"])
 
 
-def test_run_benchmark_reports_every_algorithm_on_the_same_model_and_batch():
-    result = bench.run_benchmark(["tiny"], batch=8, steps=3, warmup=1, specs={"tiny": TINY})
-    _check_schema(result, ["tiny"], bench.ALGOS)
+def test_run_benchmark_reports_every_rule_on_the_same_model_and_batch():
+    result = benchmark.run_benchmark(["tiny"], batch=8, steps=3, warmup=1, specs={"tiny": TINY})
+    _check_schema(result, ["tiny"], benchmark.RULES)
     rows = result["rows"]
     assert all(r["batch"] == 8 and r["steps"] == 3 for r in rows)
-    assert next(r for r in rows if r["algo"] == "bp")["ratio_to_bp"] == 1.0
-    # fairness: every algorithm's first step saw the same parameters and batch, so they all
+    assert next(r for r in rows if r["rule"] == "bp")["ratio_to_bp"] == 1.0
+    # fairness: every rule's first step saw the same parameters and batch, so they all
     # report the loss that raw jax computes for the NNX module on that batch
     expected = _raw_loss(TINY, 8)
     for r in rows:
-        assert r["first_loss"] == pytest.approx(expected, rel=1e-5), r["algo"]
+        assert r["first_loss"] == pytest.approx(expected, rel=1e-5), r["rule"]
 
 
-def test_algorithm_configs():
-    def dp_config(*args):
-        return bench.train_config(*args).dp_config()
+def test_rule_configs():
+    def rule(*args):
+        return benchmark.train_config(*args).rule
 
-    assert dp_config("dp_top", 0.5, 0.01, "float32", 0).variant == "dp_top"
-    assert dp_config("dp", 0.5, 0.01, "float32", 0).variant == "dp"
-    fast = dp_config("fast", 0.5, 0.02, "bfloat16", 0)
+    assert rule("dp_top", 0.5, 0.01, "float32", 0).variant == "dp_top"
+    assert rule("dp", 0.5, 0.01, "float32", 0).variant == "dp"
+    assert rule("bp", 0.5, 0.01, "float32", 0) == rules.backprop()
+    fast = rule("dp+fast", 0.5, 0.02, "bfloat16", 0)
     assert fast.fast and fast.beta == 0.02 and fast.dtype == "bfloat16"
+    assert fast.variant == "dp" and fast.label == "dp+fast"
     with pytest.raises(ValueError, match="unknown"):
-        bench.train_config("ep", 0.5, 0.01, "float32", 0)
+        benchmark.train_config("ep", 0.5, 0.01, "float32", 0)
     with pytest.raises(ValueError, match="bp"):
-        bench.bench_model("tiny", TINY, batch=4, steps=1, algos=("dp_top",))
+        benchmark.bench_model("tiny", TINY, batch=4, steps=1, rule_labels=("dp_top",))
 
 
 def test_vgg_batch_is_reduced_on_cpu_and_the_output_says_so():
-    result = bench.run_benchmark(
-        ["vgg16"], batch=32, steps=2, warmup=0, algos=("bp", "dp_top"), specs={"vgg16": TINY_CONV}
+    result = benchmark.run_benchmark(
+        ["vgg16"],
+        batch=32,
+        steps=2,
+        warmup=0,
+        rule_labels=("bp", "dp_top"),
+        specs={"vgg16": TINY_CONV},
     )
     if jax.default_backend() != "cpu":  # accelerators keep the asked batch, and say nothing
         assert {r["batch"] for r in result["rows"]} == {32} and not result["notes"]
         return
-    assert {r["batch"] for r in result["rows"]} == {bench.CPU_VGG_BATCH}
-    assert any(f"batch {bench.CPU_VGG_BATCH}" in n for n in result["notes"])
-    assert f"batch {bench.CPU_VGG_BATCH}" in bench.format_table(result)
+    assert {r["batch"] for r in result["rows"]} == {benchmark.CPU_VGG_BATCH}
+    assert any(f"batch {benchmark.CPU_VGG_BATCH}" in n for n in result["notes"])
+    assert f"batch {benchmark.CPU_VGG_BATCH}" in cli.format_table(result)
 
 
 def test_cli_writes_the_json_it_prints(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    argv = ["--models", "mlp", "--batch", "4", "--steps", "2", "--warmup", "1"]
-    argv += ["--algos", "bp,dp_top,fast", "--out", str(out)]
-    bench.main(argv)
+    argv = ["bench", "--models", "mlp", "--batch", "4", "--steps", "2", "--warmup", "1"]
+    argv += ["--rules", "bp,dp_top,dp+fast", "--out", str(out)]
+    assert cli.main(argv) == 0
     result = json.loads(out.read_text())
-    _check_schema(result, ["mlp"], ["bp", "dp_top", "fast"])
+    _check_schema(result, ["mlp"], ["bp", "dp_top", "dp+fast"])
     printed = capsys.readouterr().out
     for r in result["rows"]:
-        assert f"| mlp | {r['algo']} | 4 | {r['step_ms_median']:.2f} |" in printed
-    assert result["command"].startswith("python -m dualprop_jax.bench --models mlp")
+        assert f"| mlp | {r['rule']} | 4 | {r['step_ms_median']:.2f} |" in printed
+    assert result["command"].startswith("dualprop bench --models mlp")
 
 
 def test_epoch_timing_runs_whole_epochs_of_host_batches():
-    rows = bench.time_epoch(
+    rows = benchmark.time_epoch(
         images=50, batch=8, spec=TINY_CONV, name="tiny", repeats=3, warmup_epochs=1
     )
-    assert [r["algo"] for r in rows] == ["bp", "dp_top"]
+    assert [r["rule"] for r in rows] == ["bp", "dp_top"]
     for r in rows:
         assert len(r["epoch_s_all"]) == 3 and len(r["warmup_epoch_s"]) == 1
         assert r["epoch_s"] == sorted(r["epoch_s_all"])[1]  # the median of three
@@ -115,14 +122,14 @@ def test_epoch_timing_runs_whole_epochs_of_host_batches():
         assert r["images_per_s"] == pytest.approx(48 / r["epoch_s"])
         assert r["ratio_to_bp"] == pytest.approx(r["epoch_s"] / rows[0]["epoch_s"])
     with pytest.raises(ValueError, match="smaller than one batch"):
-        bench.time_epoch(images=4, batch=8, spec=TINY_CONV)
+        benchmark.time_epoch(images=4, batch=8, spec=TINY_CONV)
     with pytest.raises(ValueError, match="repeats"):
-        bench.time_epoch(images=50, batch=8, spec=TINY_CONV, repeats=0)
+        benchmark.time_epoch(images=50, batch=8, spec=TINY_CONV, repeats=0)
 
 
 def test_random_batch_is_fixed_by_the_seed():
-    x1, y1 = bench.random_batch(TINY, 5, 3)
-    x2, y2 = bench.random_batch(TINY, 5, 3)
+    x1, y1 = benchmark.random_batch(TINY, 5, 3)
+    x2, y2 = benchmark.random_batch(TINY, 5, 3)
     np.testing.assert_array_equal(x1, x2)
     np.testing.assert_array_equal(y1, y2)
     assert x1.shape == (5, 6) and x1.dtype == np.float32

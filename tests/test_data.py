@@ -1,4 +1,5 @@
-"""Tests for dualprop_jax.data: IDX/npz loading, lookup order, splits, batching, augmentation."""
+"""Tests for dualprop_jax.data (IDX/npz loading, lookup order, splits) and the batching and
+augmentation of dualprop_jax.input_pipeline."""
 
 from __future__ import annotations
 
@@ -13,15 +14,8 @@ import numpy as np
 import pytest
 
 from dualprop_jax import data
-from dualprop_jax.data import (
-    DataError,
-    Dataset,
-    augment_batch,
-    check_batch_size,
-    epoch_batches,
-    load_dataset,
-    read_idx,
-)
+from dualprop_jax.data import DataError, Dataset, load_dataset, read_idx
+from dualprop_jax.input_pipeline import augment_batch, check_batch_size, epoch_batches
 
 FMNIST_DIR = Path("/usr/share/datasets/fashion-mnist")  # where the loader looks (Debian)
 IDX_NAMES = (

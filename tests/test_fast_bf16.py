@@ -9,7 +9,9 @@ import pytest
 from flax import nnx
 
 import dualprop_jax as dp
-from dualprop_jax.train import make_mesh, make_train_step
+from dualprop_jax import rules
+from dualprop_jax.parallel import make_mesh
+from dualprop_jax.steps import TrainState, make_train_step
 
 # ---------------------------------------------------------------- the fast path
 
@@ -119,16 +121,18 @@ def test_bf16_train_step_keeps_params_grads_and_optimizer_state_float32(fmnist_b
     net, params = dp.split(_nets()["mlp"])
     opt = optax.sgd(0.05, momentum=0.9)
     mesh = make_mesh(1)
-    for algo in ("dp_top", "bp"):
-        cfg = dp.DPConfig(beta=0.01, dtype="bfloat16")
-        step = make_train_step(net, cfg, algo, opt, mesh, donate=False)
-        opt_state = opt.init(params)
-        p1, s1, m = step(params, opt_state, x, y, jax.random.key(0))
-        assert all(v.dtype == jnp.float32 for v in jax.tree.leaves(p1)), algo
-        assert all(v.dtype == jnp.float32 for v in jax.tree.leaves(s1)), algo
+    cfg = dp.DPConfig(beta=0.01, dtype="bfloat16")
+    for rule in (rules.dual_prop(beta=0.01, dtype="bfloat16"), rules.backprop(dtype="bfloat16")):
+        step = make_train_step(net, rule, opt, mesh=mesh, donate=False)
+        state = TrainState.create(net, params, rule, opt, mesh)
+        new, m = step(state, x, y)
+        p1, s1 = new.params, new.opt_state
+        assert all(v.dtype == jnp.float32 for v in jax.tree.leaves(p1)), rule.name
+        assert all(v.dtype == jnp.float32 for v in jax.tree.leaves(s1)), rule.name
         assert m["loss"].dtype == jnp.float32
         # the update is -lr * grad of the float32 gradient tree (first momentum step)
-        g = (dp.bp_grad if algo == "bp" else dp.contrastive_grad)(net, params, x, y, cfg)[0]
+        grad_fn = dp.bp_grad if rule.name == "bp" else dp.contrastive_grad
+        g = grad_fn(net, params, x, y, cfg)[0]
         expected = jax.tree.map(lambda p, g_: p - 0.05 * g_, params, g)
         for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(expected), strict=True):
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

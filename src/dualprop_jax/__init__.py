@@ -1,10 +1,18 @@
 """dualprop-jax: dual propagation (DP, DP⊤) in JAX.
 
 Pure functions compute the dyads (s⁺, s⁻) of a layered Flax NNX network and the contrastive
-(Hebbian) gradient of the local objective J, ready for any optax optimizer.
+(Hebbian) gradient of the local objective J; learning rules are values
+(:mod:`dualprop_jax.rules`) with one interface, ready for any optax optimizer:
+
+    import dualprop_jax as dp
+    rule = dp.rules.dual_prop(variant="dp_top", alpha=0.5, beta=0.01)
+    grads, aux = rule.grad(net, params, x, y)
 """
 
+from dualprop_jax import rules
+from dualprop_jax.checkpoints import load_checkpoint
 from dualprop_jax.config import DPConfig
+from dualprop_jax.data import Dataset, load_dataset
 from dualprop_jax.dyads import (
     Aux,
     Dyads,
@@ -19,6 +27,9 @@ from dualprop_jax.dyads import (
     local_objective,
     s_bar,
 )
+from dualprop_jax.errors import DataError, DivergenceError, TrainingError
+from dualprop_jax.input_pipeline import augment_batch, batches
+from dualprop_jax.loop import train_epoch
 from dualprop_jax.losses import loss_gradient, per_example_loss
 from dualprop_jax.models import (
     VGG11,
@@ -36,6 +47,11 @@ from dualprop_jax.models import (
     vgg11,
     vgg16,
 )
+from dualprop_jax.parallel import make_mesh
+from dualprop_jax.rules import Backprop, DualProp, Rule
+from dualprop_jax.steps import TrainState, evaluate, make_optimizer, make_train_step
+from dualprop_jax.train import train_and_evaluate
+from dualprop_jax.train_config import TrainConfig
 
 __version__ = "0.1.0"
 
@@ -43,30 +59,50 @@ __all__ = [
     "VGG11",
     "VGG16",
     "Aux",
+    "Backprop",
     "Conv",
     "DPConfig",
+    "DataError",
+    "Dataset",
     "Dense",
+    "DivergenceError",
+    "DualProp",
     "Dyads",
     "LayeredNet",
     "Network",
+    "Rule",
+    "TrainConfig",
+    "TrainState",
+    "TrainingError",
     "__version__",
     "alignment",
+    "augment_batch",
+    "batches",
     "bp_grad",
     "cnn",
     "contrastive_grad",
     "conv_net",
     "delta",
     "dual_activation",
+    "evaluate",
     "fast_grad",
     "feedback",
     "infer_dyads",
+    "load_checkpoint",
+    "load_dataset",
     "local_objective",
     "loss_gradient",
+    "make_mesh",
+    "make_optimizer",
+    "make_train_step",
     "merge",
     "mlp",
     "per_example_loss",
+    "rules",
     "s_bar",
     "split",
+    "train_and_evaluate",
+    "train_epoch",
     "vgg",
     "vgg11",
     "vgg16",

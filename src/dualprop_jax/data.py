@@ -1,4 +1,6 @@
-"""Datasets: IDX (Fashion-MNIST, MNIST), ``.npz`` files and TFDS, plus batching and augmentation.
+"""Dataset sources: IDX (Fashion-MNIST, MNIST), ``.npz`` files and TFDS, split and standardised.
+
+Batching and augmentation (how data is fed) live in :mod:`dualprop_jax.input_pipeline`.
 
 Everything here raises :class:`DataError` (a ``ValueError``) with a message that names the
 problem and how to fix it. Nothing is downloaded or read at import time.
@@ -19,9 +21,9 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-import jax
-import jax.numpy as jnp
 import numpy as np
+
+from dualprop_jax.errors import DataError
 
 __all__ = [
     "IDX_FILES",
@@ -30,17 +32,10 @@ __all__ = [
     "SYSTEM_DATA_DIRS",
     "DataError",
     "Dataset",
-    "augment_batch",
     "cache_dir",
-    "check_batch_size",
-    "epoch_batches",
     "load_dataset",
     "read_idx",
 ]
-
-
-class DataError(ValueError):
-    """Bad dataset name, missing or corrupt data, or an unusable data option."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -639,63 +634,3 @@ def _train_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     std = x.std(axis=axes, dtype=np.float64)
     std = np.where(std > 1e-12, std, 1.0)
     return mean.astype(np.float32), std.astype(np.float32)
-
-
-# --------------------------------------------------------------------------------------------
-# Batching and augmentation
-# --------------------------------------------------------------------------------------------
-
-
-def check_batch_size(batch_size: int, num_train: int) -> None:
-    """Raise DataError unless ``1 <= batch_size <= num_train``."""
-    if batch_size < 1:
-        raise DataError(f"batch size must be >= 1, got {batch_size}; pass e.g. --batch-size 64")
-    if batch_size > num_train:
-        raise DataError(
-            f"batch size {batch_size} is larger than the training set ({num_train} examples), "
-            f"so an epoch would have no batches; use a smaller --batch-size (at most "
-            f"{num_train})"
-        )
-
-
-def epoch_batches(num_examples: int, batch_size: int, rng: np.random.Generator) -> np.ndarray:
-    """Indices of one shuffled epoch as a ``(num_batches, batch_size)`` array.
-
-    The last ``num_examples % batch_size`` shuffled examples are dropped.
-    """
-    check_batch_size(batch_size, num_examples)
-    num_batches = num_examples // batch_size
-    return rng.permutation(num_examples)[: num_batches * batch_size].reshape(
-        num_batches, batch_size
-    )
-
-
-def augment_batch(key: jax.Array, x: jax.Array, pad: int = 4, flip: bool = True) -> jax.Array:
-    """Random crop after zero padding by ``pad`` pixels, and random horizontal flip.
-
-    ``x`` is an NHWC batch; each example gets its own crop offset in ``[0, 2*pad]`` per axis
-    and is mirrored left-right with probability 1/2 when ``flip``. Returns the same shape and
-    dtype. Pure and jittable with ``pad`` and ``flip`` static, e.g.
-    ``jax.jit(augment_batch, static_argnames=("pad", "flip"))``.
-    """
-    if x.ndim != 4:
-        raise DataError(
-            f"augment_batch expects an NHWC batch (rank 4), got shape {x.shape}; "
-            "disable augmentation for flat inputs"
-        )
-    if pad < 0:
-        raise DataError(f"augment_batch pad must be >= 0, got {pad}")
-    n, h, w, c = x.shape
-    crop_key, flip_key = jax.random.split(key)
-    if pad > 0:
-        padded = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-        offsets = jax.random.randint(crop_key, (n, 2), 0, 2 * pad + 1)
-
-        def crop(image: jax.Array, offset: jax.Array) -> jax.Array:
-            return jax.lax.dynamic_slice(image, (offset[0], offset[1], 0), (h, w, c))
-
-        x = jax.vmap(crop)(padded, offsets)
-    if flip:
-        mirror = jax.random.bernoulli(flip_key, 0.5, (n,))
-        x = jnp.where(mirror[:, None, None, None], x[:, :, ::-1, :], x)
-    return x

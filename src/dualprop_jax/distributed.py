@@ -1,7 +1,7 @@
 """Multi-process runs through JAX's own distributed runtime (``jax.distributed``).
 
 Every process runs the same program. Call :func:`initialize` first, before any other JAX call;
-afterwards ``jax.devices()`` lists the devices of all processes, and ``train.make_mesh`` spans
+afterwards ``jax.devices()`` lists the devices of all processes, and ``parallel.make_mesh`` spans
 them. Each process loads the same data and builds the same global batch; each device receives
 its slice of it, and the gradients are averaged across all devices of all processes.
 
@@ -15,11 +15,7 @@ import numbers
 
 import jax
 
-from dualprop_jax.train import TrainingError
-
-
-class DistributedError(TrainingError):
-    """``jax.distributed`` cannot be set up as asked. The message says what to do."""
+from dualprop_jax.errors import DistributedError
 
 
 def _check_address(address: object) -> str:

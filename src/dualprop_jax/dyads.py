@@ -26,22 +26,27 @@ it (no recomputed forward); f is evaluated once on the stacked pair (s⁺, s⁻)
 gradient is a vjp whose primal is dead code for XLA. For dense and conv maps the compiled step
 has exactly BP's matmuls and convolutions.
 
-Every public function here is pure and jitted with ``net`` and ``config`` static.
+``config`` is a :class:`~dualprop_jax.rules.DualProp` rule (``DPConfig`` is its other name), or
+a :class:`~dualprop_jax.rules.Backprop` rule where only the loss and dtype matter. Every public
+function here is pure and jitted with ``net`` static; the rule is a pytree argument whose α and
+β are traced, so calls with other values of α or β reuse the compiled program.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-from dualprop_jax.config import DPConfig
 from dualprop_jax.losses import loss_gradient, per_example_loss, targets_as_array
 from dualprop_jax.models import LayeredNet
 
-_static = functools.partial(jax.jit, static_argnames=("net", "config"))
+if TYPE_CHECKING:
+    from dualprop_jax.rules import DualProp as DPConfig
+
+_static = functools.partial(jax.jit, static_argnames=("net",))
 
 
 class Dyads(NamedTuple):
@@ -220,6 +225,12 @@ def _batch_loss(y_hat, t, config: DPConfig) -> jax.Array:
     return jnp.mean(per_example_loss(config.loss, y_hat.astype(t.dtype), t))
 
 
+def _contrastive_grad(net: LayeredNet, params, x, y, config: DPConfig) -> tuple[object, Aux]:
+    dyads, y_hat, t = _infer(net, params, x, y, config)
+    grads = _hebbian_grads(net, params, dyads, config)
+    return grads, Aux(_batch_loss(y_hat, t, config), y_hat)
+
+
 @_static
 def contrastive_grad(
     net: LayeredNet, params, x: jax.Array, y: jax.Array, config: DPConfig
@@ -231,16 +242,19 @@ def contrastive_grad(
     """
     if config.fast:
         return _fast_grad(net, params, x, y, config)
-    dyads, y_hat, t = _infer(net, params, x, y, config)
-    grads = _hebbian_grads(net, params, dyads, config)
-    return grads, Aux(_batch_loss(y_hat, t, config), y_hat)
+    return _contrastive_grad(net, params, x, y, config)
 
 
 @_static
-def bp_grad(
-    net: LayeredNet, params, x: jax.Array, y: jax.Array, config: DPConfig
-) -> tuple[object, Aux]:
-    """The back-propagation gradient ∇_θ mean_batch ℓ(ŷ(θ, x), y) of the same loss, and Aux."""
+def bp_grad(net: LayeredNet, params, x: jax.Array, y: jax.Array, config) -> tuple[object, Aux]:
+    """The back-propagation gradient ∇_θ mean_batch ℓ(ŷ(θ, x), y) of the same loss, and Aux.
+
+    ``config`` is any rule with ``loss`` and ``dtype`` (a ``DualProp`` or ``Backprop`` rule).
+    """
+    return _bp_grad(net, params, x, y, config)
+
+
+def _bp_grad(net: LayeredNet, params, x, y, config) -> tuple[object, Aux]:
     _check_inputs(x, y)
     dtype = jnp.dtype(config.dtype)
 
@@ -253,22 +267,26 @@ def bp_grad(
     return grads, Aux(loss, y_hat)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def dual_activation(f, beta: float, a: jax.Array) -> jax.Array:
-    """f(a) forward; backward rule c ↦ (f(a + β c/2) - f(a - β c/2)) / β (the DP fast path)."""
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def dual_activation(f, beta, a: jax.Array) -> jax.Array:
+    """f(a) forward; backward rule c ↦ (f(a + β c/2) - f(a - β c/2)) / β (the DP fast path).
+
+    β may be traced (no cotangent flows to it).
+    """
     return f(a)
 
 
 def _dual_fwd(f, beta, a):
-    return f(a), a
+    return f(a), (beta, a)
 
 
-def _dual_bwd(f, beta, a, c):
+def _dual_bwd(f, res, c):
+    beta, a = res
     # the finite difference cancels to noise in bfloat16: take it in at least float32
     wide = _wide(a.dtype)
     half = (0.5 * beta) * c.astype(wide)
     a_w = a.astype(wide)
-    return (((f(a_w + half) - f(a_w - half)) / beta).astype(a.dtype),)
+    return jnp.zeros_like(beta), ((f(a_w + half) - f(a_w - half)) / beta).astype(a.dtype)
 
 
 dual_activation.defvjp(_dual_fwd, _dual_bwd)

@@ -1,0 +1,359 @@
+"""Step-time benchmark: BP, DP⊤, DP and the fast path on the same model, batch and optimizer.
+
+The command is ``dualprop bench`` (or ``python -m dualprop_jax.bench``); this module measures
+and returns plain dicts, and prints nothing.
+
+For every model it builds one train step per rule with :func:`dualprop_jax.make_train_step`
+(gradient + optax update, the state donated), compiles it ahead of time (``compile_s``), runs
+``warmup`` steps of each, then times ``steps`` steps of each with the rules interleaved
+round-robin (the starting rule rotates every round), each step ended by
+``block_until_ready``. A row reports the median step time and its ratio to BP's median on the
+same model. Every rule starts from the same parameters and sees the same (random, fixed) batch.
+
+:func:`time_epoch` times whole training epochs (CIFAR-10-shaped random data: 45k images
+32x32x3, batch 100, random crop + flip, host-to-device batches) with the training loop itself,
+:func:`dualprop_jax.loop.train_epoch`.
+
+Rows name rules by their label (:func:`dualprop_jax.rules.from_label`): ``bp``, ``dp_top``,
+``dp`` and ``dp+fast`` (the fast path of the 2023 rule, α = ½).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pathlib
+import platform
+import statistics
+import time
+from collections.abc import Callable, Sequence
+
+import jax
+import numpy as np
+from flax import nnx
+
+from dualprop_jax import models, rules
+from dualprop_jax.data import Dataset
+from dualprop_jax.loop import train_epoch
+from dualprop_jax.steps import TrainState, make_optimizer, make_train_step
+from dualprop_jax.train_config import TrainConfig
+
+RULES = ("bp", "dp_top", "dp", "dp+fast")
+"""Default rows: back-propagation; DP⊤ and DP with one top-down sweep; the fast path."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """A benchmark model: a builder ``(rngs) -> Network`` and the per-example input shape."""
+
+    build: Callable[[nnx.Rngs], models.Network]
+    input_shape: tuple[int, ...]
+    description: str
+    num_classes: int = 10
+
+
+MODELS: dict[str, ModelSpec] = {
+    "mlp": ModelSpec(
+        lambda rngs: models.mlp((784, 1000, 1000, 1000, 10), rngs=rngs),
+        (784,),
+        "MLP 784-1000-1000-1000-10",
+    ),
+    "cnn": ModelSpec(
+        lambda rngs: models.cnn((28, 28, 1), channels=(32, 64), dense=(512,), rngs=rngs),
+        (28, 28, 1),
+        "CNN 28x28x1: conv32-pool-conv64-pool-512-10",
+    ),
+    "vgg16": ModelSpec(
+        lambda rngs: models.vgg16(input_shape=(32, 32, 3), num_classes=10, rngs=rngs),
+        (32, 32, 3),
+        "VGG16 32x32x3 (13 conv, 4096-4096-10, no BatchNorm)",
+    ),
+}
+
+DEFAULT_STEPS = {"mlp": 200, "cnn": 60, "vgg16": 20}
+CPU_VGG_BATCH = 8
+
+
+def train_config(label: str, alpha: float, beta: float, dtype: str, passes: int) -> TrainConfig:
+    """The training config of one benchmark row: its rule and the shared optimizer.
+
+    Every rule uses the paper's VGG optimizer, SGD with momentum 0.9, decoupled weight decay
+    5e-4 and a constant learning rate of 0.01 (:func:`dualprop_jax.make_optimizer`).
+    ``dp+fast`` is the 2023 rule on the fast path (α = ½ there, one sweep).
+    """
+    rule = rules.from_label(label, alpha=alpha, beta=beta, dtype=dtype, passes=passes)
+    return TrainConfig(
+        rule=rule, optimizer="sgd", learning_rate=0.01, momentum=0.9, weight_decay=5e-4
+    )
+
+
+def _init(spec: ModelSpec, config: TrainConfig, seed: int, *, augment: bool = False):
+    """``(step, state)`` of one row: the jitted, donating train step and a fresh state."""
+    net, params = models.split(spec.build(nnx.Rngs(seed)))
+    optimizer = make_optimizer(config, steps_per_epoch=1)  # constant rate: no schedule
+    step = make_train_step(net, config.rule, optimizer, donate=True, augment=augment)
+    return step, TrainState.create(net, params, config.rule, optimizer)
+
+
+def device_description() -> str:
+    """The first device's kind, and the CPU model name on CPU."""
+    dev = jax.devices()[0]
+    if dev.platform != "cpu":
+        return f"{dev.device_kind} x{jax.device_count()}"
+    name = platform.processor() or ""
+    try:
+        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"cpu: {name or 'unknown'}, {os.cpu_count()} cores"
+
+
+def _peak_bytes(compiled) -> int | None:
+    """Device memory one call of the executable needs, from XLA's buffer assignment.
+
+    arguments + outputs - donated (aliased) + temporaries, or XLA's own peak estimate when that
+    is larger; None where the backend has no memory analysis.
+    """
+    try:
+        m = compiled.memory_analysis()
+    except Exception:  # a backend may not implement it
+        return None
+    if m is None:
+        return None
+    live = (
+        m.argument_size_in_bytes
+        + m.output_size_in_bytes
+        - m.alias_size_in_bytes
+        + m.temp_size_in_bytes
+    )
+    return int(max(live, getattr(m, "peak_memory_in_bytes", 0))) or None
+
+
+def random_batch(spec: ModelSpec, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A fixed host batch: standard-normal inputs and uniform integer labels."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((size, *spec.input_shape), dtype=np.float32)
+    y = rng.integers(0, spec.num_classes, size=size).astype(np.int32)
+    return x, y
+
+
+def _interleaved(labels: Sequence[str], rounds: int, run: Callable[[str, int], None]) -> None:
+    """``run(label, round)`` for every label, ``rounds`` times, the first label rotating per
+    round so that no rule always follows the same other rule."""
+    for r in range(rounds):
+        shift = r % len(labels)
+        for label in [*labels[shift:], *labels[:shift]]:
+            run(label, r)
+
+
+def _check_rules(labels: Sequence[str]) -> None:
+    if "bp" not in labels:
+        raise ValueError("the rules must include 'bp' (rows report ratio_to_bp).")
+
+
+def bench_model(
+    name: str,
+    spec: ModelSpec,
+    *,
+    batch: int,
+    steps: int,
+    warmup: int = 5,
+    rule_labels: Sequence[str] = RULES,
+    alpha: float = 0.5,
+    beta: float = 0.01,
+    dtype: str = "float32",
+    passes: int = 0,
+    seed: int = 0,
+) -> list[dict]:
+    """Time the train step of each rule on one model; one row per rule."""
+    _check_rules(rule_labels)
+    if steps < 1 or warmup < 0:
+        raise ValueError(f"need steps >= 1 and warmup >= 0, got steps={steps}, warmup={warmup}.")
+    x, y = (jax.device_put(v) for v in random_batch(spec, batch, seed))
+    compiled, state, compile_s, peak, first_loss = {}, {}, {}, {}, {}
+    for label in rule_labels:
+        step, state[label] = _init(spec, train_config(label, alpha, beta, dtype, passes), seed)
+        t0 = time.perf_counter()
+        compiled[label] = step.lower(state[label], x, y).compile()
+        compile_s[label] = time.perf_counter() - t0
+        peak[label] = _peak_bytes(compiled[label])
+
+    times: dict[str, list[float]] = {label: [] for label in rule_labels}
+
+    def run(label: str, r: int) -> None:
+        t0 = time.perf_counter()
+        state[label], metrics = compiled[label](state[label], x, y, None)
+        jax.block_until_ready((state[label], metrics))
+        if r >= warmup:
+            times[label].append(time.perf_counter() - t0)
+        first_loss.setdefault(label, float(metrics["loss"]))
+
+    _interleaved(rule_labels, warmup + steps, run)
+    bp_ms = 1e3 * statistics.median(times["bp"])
+    rows = []
+    for label in rule_labels:
+        ms = [1e3 * t for t in times[label]]
+        med = statistics.median(ms)
+        q1, _, q3 = statistics.quantiles(ms, n=4) if len(ms) > 1 else (med, med, med)
+        rows.append(
+            {
+                "model": name,
+                "rule": label,
+                "batch": batch,
+                "dtype": dtype,
+                "steps": steps,
+                "step_ms_median": med,
+                "step_ms_iqr": [q1, q3],
+                "ratio_to_bp": med / bp_ms,
+                "compile_s": compile_s[label],
+                "peak_bytes": peak[label],
+                "first_loss": first_loss[label],
+            }
+        )
+    return rows
+
+
+def time_epoch(
+    *,
+    images: int = 45_000,
+    batch: int = 100,
+    rule_labels: Sequence[str] = ("bp", "dp_top"),
+    beta: float = 0.01,
+    dtype: str = "float32",
+    seed: int = 0,
+    repeats: int = 3,
+    warmup_epochs: int = 1,
+    name: str = "vgg16",
+    spec: ModelSpec | None = None,
+) -> list[dict]:
+    """Wall time of one training epoch per rule on CIFAR-10-shaped random data.
+
+    The loop is :func:`dualprop_jax.loop.train_epoch`, the one ``train_and_evaluate`` runs: a
+    shuffled epoch of host batches, each put on the device, random crop + flip on the device
+    (for image inputs), the donated train step. Each step is compiled and run once before any
+    clock starts; then ``warmup_epochs`` untimed rounds and ``repeats`` timed rounds run one
+    epoch of every rule each, interleaved (the first rule rotates per round). A row reports
+    the median timed epoch; ``warmup_epoch_s`` keeps the untimed ones (the first epoch pays for
+    autotuning and allocator growth).
+    """
+    spec = spec or MODELS[name]
+    if images < batch:
+        raise ValueError(f"--epoch-images {images} is smaller than one batch of {batch}.")
+    if repeats < 1 or warmup_epochs < 0:
+        raise ValueError(
+            f"need repeats >= 1 and warmup_epochs >= 0, got {repeats} and {warmup_epochs}."
+        )
+    x_host, y_host = random_batch(spec, images, seed)
+    empty_x, empty_y = x_host[:0], y_host[:0]
+    ds = Dataset("random", x_host, y_host, empty_x, empty_y, empty_x, empty_y, 10, False, "random")
+    augment = len(spec.input_shape) == 3
+    steps, state, first_s = {}, {}, {}
+    key = jax.random.key(seed)
+    for label in rule_labels:
+        config = train_config(label, 0.5, beta, dtype, 0)
+        steps[label], state[label] = _init(spec, config, seed, augment=augment)
+        t0 = time.perf_counter()
+        xb, yb = jax.device_put(x_host[:batch]), jax.device_put(y_host[:batch])
+        state[label], _ = steps[label](state[label], xb, yb, key)
+        jax.block_until_ready(state[label])
+        first_s[label] = time.perf_counter() - t0
+
+    epoch_times: dict[str, list[float]] = {label: [] for label in rule_labels}
+    warm_times: dict[str, list[float]] = {label: [] for label in rule_labels}
+
+    def run(label: str, r: int) -> None:
+        result = train_epoch(
+            steps[label], state[label], ds, batch_size=batch, epoch=r + 1, seed=seed,
+            log_every=images,
+        )  # fmt: skip
+        state[label] = result.state
+        (warm_times if r < warmup_epochs else epoch_times)[label].append(result.time_s)
+
+    _interleaved(rule_labels, warmup_epochs + repeats, run)
+    return _epoch_rows(
+        name, images // batch, batch, dtype, repeats, epoch_times, warm_times, first_s
+    )
+
+
+def _epoch_rows(name, n_steps, batch, dtype, repeats, epoch_times, warm_times, first_s) -> list:
+    rows = []
+    for label, times in epoch_times.items():
+        epoch_s = statistics.median(times)
+        rows.append(
+            {
+                "model": name,
+                "rule": label,
+                "images": n_steps * batch,
+                "batch": batch,
+                "steps": n_steps,
+                "dtype": dtype,
+                "repeats": repeats,
+                "epoch_s": epoch_s,
+                "epoch_s_all": times,
+                "warmup_epoch_s": warm_times[label],
+                "images_per_s": n_steps * batch / epoch_s,
+                "first_step_s": first_s[label],
+            }
+        )
+    bp = next((r["epoch_s"] for r in rows if r["rule"] == "bp"), None)
+    for r in rows:
+        r["ratio_to_bp"] = r["epoch_s"] / bp if bp else None
+    return rows
+
+
+def run_benchmark(
+    model_names: Sequence[str],
+    *,
+    batch: int = 128,
+    vgg_batch: int | None = None,
+    steps: int | None = None,
+    vgg_steps: int | None = None,
+    warmup: int = 5,
+    rule_labels: Sequence[str] = RULES,
+    alpha: float = 0.5,
+    beta: float = 0.01,
+    dtype: str = "float32",
+    passes: int = 0,
+    specs: dict[str, ModelSpec] | None = None,
+) -> dict:
+    """The benchmark result dict: environment, settings, notes and one row per (model, rule)."""
+    specs = MODELS if specs is None else specs
+    unknown = [m for m in model_names if m not in specs]
+    if unknown:
+        raise ValueError(f"unknown models {unknown}; choose from {sorted(specs)}.")
+    backend = jax.default_backend()
+    notes, rows = [], []
+    for name in model_names:
+        b, n = batch, steps if steps is not None else DEFAULT_STEPS.get(name, 20)
+        if name == "vgg16":
+            b = vgg_batch or (CPU_VGG_BATCH if backend == "cpu" else batch)
+            n = vgg_steps or n
+        if b != batch:
+            notes.append(f"{name}: batch {b} instead of {batch} on {backend}")
+        rows += bench_model(
+            name, specs[name], batch=b, steps=n, warmup=warmup, rule_labels=rule_labels,
+            alpha=alpha, beta=beta, dtype=dtype, passes=passes,
+        )  # fmt: skip
+    return {
+        "backend": backend,
+        "device": device_description(),
+        "jax_version": jax.__version__,
+        "settings": {
+            "alpha": alpha,
+            "beta": beta,
+            "dtype": dtype,
+            "passes": passes,
+            "warmup": warmup,
+            "optimizer": "sgd momentum 0.9, decoupled weight decay 5e-4, lr 0.01",
+            "peak_bytes": "XLA memory analysis of the compiled step: arguments + outputs "
+            "- donated + temporaries",
+            "timing": "median over timed steps; rules interleaved round-robin; "
+            "block_until_ready after every step; warm-up and compilation excluded",
+        },
+        "models": {name: specs[name].description for name in model_names},
+        "notes": notes,
+        "rows": rows,
+    }

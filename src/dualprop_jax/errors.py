@@ -1,0 +1,19 @@
+"""The exceptions a user may catch. Each message names the problem and how to fix it."""
+
+from __future__ import annotations
+
+
+class DataError(ValueError):
+    """Bad dataset name, missing or corrupt data, or an unusable data option."""
+
+
+class TrainingError(RuntimeError):
+    """A run cannot start or go on (bad workdir, divergence, ...). The message says what to do."""
+
+
+class DivergenceError(TrainingError):
+    """The loss became NaN/Inf. The last good checkpoint is kept."""
+
+
+class DistributedError(TrainingError):
+    """``jax.distributed`` cannot be set up as asked. The message says what to do."""

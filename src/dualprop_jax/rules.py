@@ -1,0 +1,405 @@
+"""Learning rules as values: one interface for DP, DP⊤ and BP (and the rules still to come).
+
+A rule is an immutable pytree, in the spirit of optax's ``GradientTransformation``:
+
+    rule = rules.dual_prop(variant="dp_top", alpha=0.5, beta=0.01)
+    state = rule.init(net, params)                       # () for rules without state
+    grads, aux = rule.grad(net, params, x, y)            # stateless rules
+    grads, aux, state = rule.grad(net, params, x, y, state)
+
+``grads`` has exactly the tree structure of ``params`` (any optax optimizer consumes it) and
+``aux`` is :class:`~dualprop_jax.dyads.Aux` (the batch-mean loss ℓ and the prediction ŷ).
+
+What changes the compiled program is static pytree metadata (the variant, passes, schedule,
+loss, dtype, fast path); the hyperparameters α and β are pytree *leaves*. Passed as an argument
+of a jitted function, a rule is traced, so a sweep over α or β compiles once:
+
+    grad_fn = jax.jit(lambda rule, params, x, y: rule.grad(net, params, x, y))
+    for beta in (1.0, 0.1, 0.01):
+        grads, aux = grad_fn(rule.replace(beta=beta), params, x, y)   # one compilation
+
+Closed over instead (a constant), α and β are folded into the program as numbers.
+
+Names (``rule.name``) are the one vocabulary of the library, the CLI (``--rule``), the training
+config, ``results.json`` and the benchmark: ``"dp"`` (Høier et al. 2023), ``"dp_top"`` (DP⊤,
+Høier & Zach 2024) and ``"bp"`` (back-propagation). A new rule is one more class with ``name``,
+``init`` and ``_grad`` (or ``grad``), made a pytree by :func:`register` and named in
+:data:`RULES`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+from typing import Any, ClassVar
+
+import jax
+import numpy as np
+
+from dualprop_jax import dyads
+
+VARIANTS = ("dp", "dp_top")
+LOSSES = ("softmax_ce", "squared_error")
+SCHEDULES = ("alternating", "bottom_up")
+DTYPES = ("float32", "float64", "bfloat16")
+
+
+def _bad(rule: str, field: str, value: object, allowed: str) -> ValueError:
+    return ValueError(f"{rule}.{field}={value!r} is invalid: {field} must be {allowed}.")
+
+
+def _is_array(value: object) -> bool:
+    return isinstance(value, jax.Array | np.ndarray | np.generic)
+
+
+def _real(value: object) -> float | None:
+    """``value`` as a Python float when it is a concrete real number, else None.
+
+    A traced scalar (inside ``jit``/``vmap``) has no value to check: it is accepted as it is.
+    """
+    if isinstance(value, bool) or isinstance(value, np.bool_):
+        return None
+    if isinstance(value, numbers.Real):
+        return float(value)
+    if _is_array(value) and np.ndim(value) == 0 and np.issubdtype(value.dtype, np.floating):
+        try:
+            return float(value)
+        except jax.errors.ConcretizationTypeError:
+            return math.nan
+    return None
+
+
+def _is_traced(value: object) -> bool:
+    return isinstance(value, jax.core.Tracer)
+
+
+class Rule:
+    """Base class of learning rules: a frozen dataclass registered as a pytree.
+
+    Subclasses declare ``name`` and ``leaves`` (the field names that are traced pytree leaves;
+    every other field is static metadata) and implement :meth:`grad`.
+    """
+
+    name: ClassVar[str]
+    leaves: ClassVar[tuple[str, ...]] = ()
+    stateful: ClassVar[bool] = False
+
+    def init(self, net, params) -> Any:
+        """The rule's state for ``params`` (``()``: this rule carries none)."""
+        del net, params
+        return ()
+
+    def _grad(self, net, params, x, y):
+        raise NotImplementedError
+
+    def grad(self, net, params, x, y, state=None):
+        """``(grads, aux)``, or ``(grads, aux, state)`` when a ``state`` is passed.
+
+        ``grads`` has the structure of ``params``: the update direction of a gradient-descent
+        step, as ``jax.grad`` of the batch-mean loss would give for BP.
+        """
+        if state is None:
+            if self.stateful:
+                raise ValueError(
+                    f"rule {self.name!r} carries state: call rule.grad(net, params, x, y, state) "
+                    "with state = rule.init(net, params)."
+                )
+            return self._grad(net, params, x, y)
+        grads, aux = self._grad(net, params, x, y)
+        return grads, aux, state
+
+    @property
+    def label(self) -> str:
+        """A short name for tables and file names: ``name``, plus ``+fast`` on the fast path."""
+        return self.name
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    def replace(self, **changes) -> Rule:
+        """A copy with some fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"name": ..., field: value, ...}``: JSON-ready, and :func:`from_dict` reads it back."""
+        out: dict[str, Any] = {"name": self.name}
+        for f in self.field_names():
+            value = getattr(self, f)
+            out[f] = float(value) if f in self.leaves else value
+        return out
+
+
+def register(cls):
+    """Class decorator: register a frozen rule dataclass as a pytree.
+
+    ``cls.leaves`` (e.g. ``("alpha", "beta")``) are the traced children; every other field is
+    static metadata, part of the compiled program's identity.
+
+    Unflattening bypasses ``__init__`` (JAX rebuilds pytrees with tracers and placeholders,
+    which validation must not see).
+    """
+    static = tuple(f for f in cls.field_names() if f not in cls.leaves)
+
+    def flatten_with_keys(rule):
+        children = [(jax.tree_util.GetAttrKey(f), getattr(rule, f)) for f in cls.leaves]
+        return children, tuple(getattr(rule, f) for f in static)
+
+    def unflatten(aux, children):
+        rule = object.__new__(cls)
+        for f, v in zip(static, aux, strict=True):
+            object.__setattr__(rule, f, v)
+        for f, v in zip(cls.leaves, children, strict=True):
+            object.__setattr__(rule, f, v)
+        return rule
+
+    jax.tree_util.register_pytree_with_keys(
+        cls,
+        flatten_with_keys,
+        unflatten,
+        flatten_func=lambda r: (
+            [getattr(r, f) for f in cls.leaves],
+            tuple(getattr(r, f) for f in static),
+        ),
+    )
+    return cls
+
+
+RULES: dict[str, type[Rule]] = {}
+"""Rule name -> rule class (``"dp"`` and ``"dp_top"`` are both :class:`DualProp`)."""
+
+
+def _check_choice(rule: str, field: str, value: object, allowed: tuple) -> None:
+    if value not in allowed:
+        raise _bad(rule, field, value, f"one of {allowed}")
+
+
+@register
+@dataclasses.dataclass(frozen=True, eq=False)
+class DualProp(Rule):
+    """Dual propagation: DP (``variant="dp"``) or DP⊤ (``variant="dp_top"``).
+
+    Attributes:
+      variant: ``"dp"`` (Høier et al. 2023; RAOVR in the 2024 code) or ``"dp_top"``
+        (DP⊤, the Lagrangian/adjoint form of Høier & Zach 2024). Also the rule's ``name``.
+      alpha: nudging asymmetry α ∈ [0, 1]; the mean is s̄ = α s⁺ + (1-α) s⁻. A traced leaf.
+      beta: nudging strength β > 0 (finite). A traced leaf.
+      loss: ``"softmax_ce"`` (softmax cross-entropy) or ``"squared_error"`` (½‖ŷ-y‖²).
+      schedule: what each extra inference pass does: ``"alternating"`` (a bottom-up sweep
+        k = 1..L, then a top-down sweep k = L-1..1; the 2023 MLP code) or ``"bottom_up"``
+        (one bottom-up sweep k = 1..L; the 2024 scripts).
+      passes: number of extra passes after the default forward pass + output nudge + one
+        top-down sweep (0 = the default, BP-cost schedule). Run in a ``lax.fori_loop``.
+      dtype: compute dtype (``"float32"``, ``"float64"`` or ``"bfloat16"``). Parameters keep
+        their own dtype; they are cast to this dtype inside the layer maps.
+      fast: use the fast path (autodiff with the finite-difference dual activation, presynaptic
+        factor from the forward pass). Only defined for α = ½ and ``passes == 0``.
+
+    The gradient is ∇_θ J of the local objective J = (1/β) Σ_k ⟨-δ_k, W_{k-1}(s̄_{k-1})⟩ / B at
+    the dyads of :func:`~dualprop_jax.dyads.infer_dyads`, i.e. -(1/β) δ_k s̄_{k-1}ᵀ / B per
+    dense layer; it tends to the BP gradient as β → 0.
+    """
+
+    variant: str = "dp_top"
+    alpha: Any = 0.5
+    beta: Any = 0.01
+    loss: str = "softmax_ce"
+    schedule: str = "alternating"
+    passes: int = 0
+    dtype: str = "float32"
+    fast: bool = False
+
+    leaves: ClassVar[tuple[str, ...]] = ("alpha", "beta")
+
+    def __post_init__(self) -> None:
+        who = "dual_prop"
+        _check_choice(who, "variant", self.variant, VARIANTS)
+        alpha, beta = _real(self.alpha), _real(self.beta)
+        if alpha is None or not (0.0 <= alpha <= 1.0 or _is_traced(self.alpha)):
+            raise _bad(who, "alpha", self.alpha, "a real number in [0, 1]")
+        if beta is None or not ((math.isfinite(beta) and beta > 0) or _is_traced(self.beta)):
+            raise _bad(who, "beta", self.beta, "a finite real number > 0")
+        _check_choice(who, "loss", self.loss, LOSSES)
+        _check_choice(who, "schedule", self.schedule, SCHEDULES)
+        if not isinstance(self.passes, numbers.Integral) or isinstance(self.passes, bool):
+            raise _bad(who, "passes", self.passes, "a non-negative integer")
+        if self.passes < 0:
+            raise _bad(
+                who, "passes", self.passes, "a non-negative integer (0 = one top-down sweep)"
+            )
+        _check_choice(who, "dtype", self.dtype, DTYPES)
+        if not isinstance(self.fast, bool):
+            raise _bad(who, "fast", self.fast, "True or False")
+        if self.fast and ((alpha != 0.5 and not _is_traced(self.alpha)) or self.passes != 0):
+            raise _bad(
+                who,
+                "fast",
+                self.fast,
+                "False unless alpha == 0.5 and passes == 0 (fast path = one-sweep DP at α = ½)",
+            )
+        # Python numbers are normalised to float, so equal rules compare equal.
+        for f in self.leaves:
+            if not _is_array(getattr(self, f)):
+                object.__setattr__(self, f, float(getattr(self, f)))
+        object.__setattr__(self, "passes", int(self.passes))
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        return all(_same(getattr(self, f), getattr(other, f)) for f in self.field_names())
+
+    def __hash__(self) -> int:
+        return hash(tuple(_hashable(getattr(self, f)) for f in self.field_names()))
+
+    @property
+    def name(self) -> str:  # type: ignore[override]
+        return self.variant
+
+    @property
+    def label(self) -> str:
+        return f"{self.variant}+fast" if self.fast else self.variant
+
+    @property
+    def nudge_coefficients(self) -> tuple[Any, Any]:
+        """(c⁺, c⁻): s⁺ = f(a + c⁺ fb), s⁻ = f(a - c⁻ fb); output s± = a ∓ c± β g.
+
+        DP: (α, 1-α).  DP⊤: (1-α, α).
+        """
+        if self.variant == "dp":
+            return self.alpha, 1.0 - self.alpha
+        return 1.0 - self.alpha, self.alpha
+
+    def to_dict(self) -> dict[str, Any]:
+        out = super().to_dict()
+        del out["variant"]  # it is the name
+        return out
+
+    def _grad(self, net, params, x, y):
+        if self.fast:
+            return dyads._fast_grad(net, params, x, y, self)
+        return dyads._contrastive_grad(net, params, x, y, self)
+
+
+RULES["dp"] = RULES["dp_top"] = DualProp
+
+
+@register
+@dataclasses.dataclass(frozen=True)
+class Backprop(Rule):
+    """Back-propagation: ∇_θ of the batch-mean loss ℓ(ŷ(θ, x), y), by ``jax.value_and_grad``.
+
+    Attributes:
+      loss: ``"softmax_ce"`` or ``"squared_error"``, as for :class:`DualProp`.
+      dtype: compute dtype of the layer maps.
+    """
+
+    loss: str = "softmax_ce"
+    dtype: str = "float32"
+
+    name: ClassVar[str] = "bp"
+
+    def __post_init__(self) -> None:
+        _check_choice("backprop", "loss", self.loss, LOSSES)
+        _check_choice("backprop", "dtype", self.dtype, DTYPES)
+
+    def _grad(self, net, params, x, y):
+        return dyads._bp_grad(net, params, x, y, self)
+
+
+RULES["bp"] = Backprop
+
+
+def _same(a: object, b: object) -> bool:
+    if _is_array(a) or _is_array(b):
+        return a is b
+    return a == b
+
+
+def _hashable(v: object) -> object:
+    return id(v) if _is_array(v) else v
+
+
+def dual_prop(
+    variant: str = "dp_top",
+    alpha: float = 0.5,
+    beta: float = 0.01,
+    passes: int = 0,
+    schedule: str = "alternating",
+    loss: str = "softmax_ce",
+    dtype: str = "float32",
+    fast: bool = False,
+) -> DualProp:
+    """The dual-propagation rule (see :class:`DualProp`); validated here, with clear errors."""
+    return DualProp(
+        variant=variant,
+        alpha=alpha,
+        beta=beta,
+        loss=loss,
+        schedule=schedule,
+        passes=passes,
+        dtype=dtype,
+        fast=fast,
+    )
+
+
+def backprop(loss: str = "softmax_ce", dtype: str = "float32") -> Backprop:
+    """The back-propagation rule (see :class:`Backprop`)."""
+    return Backprop(loss=loss, dtype=dtype)
+
+
+NAMES = ("dp", "dp_top", "bp")
+"""Every rule name, in the order the CLI lists them."""
+
+
+def fields_of(name: str) -> tuple[str, ...]:
+    """The settings rule ``name`` takes (besides its name)."""
+    cls = _rule_class(name)
+    return tuple(f for f in cls.field_names() if f != "variant")
+
+
+def _rule_class(name: object) -> type[Rule]:
+    if name not in RULES:
+        raise ValueError(f"rule name {name!r} is unknown; choose one of {NAMES}.")
+    return RULES[name]
+
+
+def from_dict(d: dict[str, Any] | str) -> Rule:
+    """A rule from ``{"name": ..., field: value}`` (missing fields take their defaults) or a name.
+
+    Raises ``ValueError`` naming the rule and the fields it takes when a field does not belong.
+    """
+    if isinstance(d, str):
+        d = {"name": d}
+    if not isinstance(d, dict) or "name" not in d:
+        raise ValueError(
+            f"a rule must be a name or a dict with a 'name' key (one of {NAMES}), got {d!r}."
+        )
+    d = dict(d)
+    name = d.pop("name")
+    cls = _rule_class(name)
+    allowed = fields_of(name)
+    unknown = sorted(set(d) - set(allowed))
+    if unknown:
+        raise ValueError(
+            f"rule {name!r} has no setting(s) {unknown}; its settings are {list(allowed)}."
+        )
+    if cls is DualProp:
+        return dual_prop(variant=name, **d)
+    return cls(**d)
+
+
+def from_label(label: str, **settings) -> Rule:
+    """A rule from a table label (``"dp_top"``, ``"bp"``, ``"dp+fast"``) and shared settings.
+
+    Settings the rule does not take are dropped (e.g. ``alpha`` for ``bp``); ``+fast`` sets
+    ``fast=True`` and α = ½.
+    """
+    name, _, extra = label.partition("+")
+    if extra not in ("", "fast"):
+        raise ValueError(f"rule label {label!r} is unknown; use a name {NAMES}, or 'dp+fast'.")
+    allowed = fields_of(name)
+    kept = {k: v for k, v in settings.items() if k in allowed}
+    if extra == "fast":
+        kept.update(fast=True, alpha=0.5, passes=0)
+    return from_dict({"name": name, **kept})

@@ -1,0 +1,153 @@
+"""``TrainConfig``: everything a training run depends on, validated at construction and frozen.
+
+The learning rule is one field, ``rule`` (a :mod:`dualprop_jax.rules` value); in JSON it is
+``{"name": "dp_top", "alpha": 0.5, "beta": 0.01, ...}``, and a bare name takes the defaults.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+from typing import Any
+
+from dualprop_jax import models, rules
+
+MODELS = ("mlp", "cnn", "vgg11", "vgg16")
+OPTIMIZERS = ("adam", "sgd")
+LR_SCHEDULES = ("constant", "cosine")
+
+# Flat rule fields of configs written before the rule was one field (config.json of old runs).
+_LEGACY_RULE_KEYS = ("algo", "alpha", "beta", "loss", "passes", "schedule", "dtype", "fast")
+
+
+def _bad(field: str, value: object, allowed: str) -> ValueError:
+    return ValueError(f"TrainConfig.{field}={value!r} is invalid: {field} must be {allowed}.")
+
+
+def _positive_int(value: object) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1
+
+
+def _finite(value: object, low: float) -> bool:
+    return isinstance(value, numbers.Real) and math.isfinite(value) and value >= low
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Everything a training run depends on. Validated at construction; frozen."""
+
+    dataset: str = "fashion_mnist"
+    data_dir: str | None = None
+    val_fraction: float = 0.1
+    max_train: int | None = None
+    model: str = "mlp"
+    widths: tuple[int, ...] = (1000, 1000)  # MLP hidden widths
+    channels: tuple[int, ...] = (32, 64)  # CNN conv widths (each followed by a 2x2 max-pool)
+    dense: tuple[int, ...] = (512,)  # CNN hidden dense widths
+    activation: str = "relu"
+    rule: rules.Rule = dataclasses.field(default_factory=rules.dual_prop)
+    optimizer: str = "adam"
+    learning_rate: float = 1e-3
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    lr_schedule: str = "constant"
+    warmup_epochs: float = 0.0
+    batch_size: int = 100
+    eval_batch_size: int = 1000
+    epochs: int = 10
+    seed: int = 0
+    augment: bool | None = None  # None: the dataset's default (on for CIFAR-like data)
+    diagnostics_every: int = 0  # steps between rule-vs-BP alignment checks; 0 = off
+    devices: int | None = None  # None: all local devices
+
+    def __post_init__(self) -> None:
+        for name in ("widths", "channels", "dense"):
+            value = getattr(self, name)
+            if isinstance(value, int | str) or not all(_positive_int(v) for v in value):
+                raise _bad(name, value, "a sequence of positive integers")
+            object.__setattr__(self, name, tuple(int(v) for v in value))
+        if isinstance(self.rule, str | dict):
+            object.__setattr__(self, "rule", rules.from_dict(self.rule))
+        if not isinstance(self.rule, rules.Rule):
+            raise _bad("rule", self.rule, "a rule (rules.dual_prop(...), rules.backprop(...))")
+        self._check_choices()
+        self._check_numbers()
+
+    def _check_choices(self) -> None:
+        for name, allowed in (
+            ("model", MODELS),
+            ("optimizer", OPTIMIZERS),
+            ("lr_schedule", LR_SCHEDULES),
+            ("activation", tuple(models.ACTIVATIONS)),
+        ):
+            if getattr(self, name) not in allowed:
+                raise _bad(name, getattr(self, name), f"one of {allowed}")
+
+    def _check_numbers(self) -> None:
+        for name in ("batch_size", "eval_batch_size", "epochs"):
+            if not _positive_int(getattr(self, name)):
+                raise _bad(name, getattr(self, name), "a positive integer")
+        if not _finite(self.learning_rate, 0) or self.learning_rate <= 0:
+            raise _bad("learning_rate", self.learning_rate, "a finite number > 0")
+        for name in ("momentum", "weight_decay", "warmup_epochs"):
+            if not _finite(getattr(self, name), 0):
+                raise _bad(name, getattr(self, name), "a finite number >= 0")
+        if self.momentum >= 1:
+            raise _bad("momentum", self.momentum, "in [0, 1)")
+        if self.warmup_epochs > self.epochs:
+            raise _bad("warmup_epochs", self.warmup_epochs, f"at most epochs={self.epochs}")
+        if not isinstance(self.val_fraction, numbers.Real) or not 0 <= self.val_fraction < 1:
+            raise _bad("val_fraction", self.val_fraction, "in [0, 1)")
+        if self.max_train is not None and not _positive_int(self.max_train):
+            raise _bad("max_train", self.max_train, "None or a positive integer")
+        if not isinstance(self.diagnostics_every, numbers.Integral) or self.diagnostics_every < 0:
+            raise _bad("diagnostics_every", self.diagnostics_every, "an integer >= 0 (0 = off)")
+        if self.devices is not None and not _positive_int(self.devices):
+            raise _bad("devices", self.devices, "None (all local devices) or a positive integer")
+        if not isinstance(self.seed, numbers.Integral) or self.seed < 0:
+            raise _bad("seed", self.seed, "a non-negative integer")
+
+    def replace(self, **changes) -> TrainConfig:
+        """A copy with some fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready fields; the rule as ``{"name": ..., its settings}``."""
+        out = {}
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            out[f.name] = (
+                v.to_dict() if f.name == "rule" else list(v) if isinstance(v, tuple) else v
+            )
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        """The inverse of :meth:`to_dict`. Also reads the flat rule fields (``algo``, ``alpha``,
+        ``beta``, ...) of configs written before the rule was one field."""
+        d = fold_legacy_rule(dict(d))
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - fields
+        if unknown:
+            raise ValueError(
+                f"unknown TrainConfig fields {sorted(unknown)}; known: {sorted(fields)}"
+            )
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+
+def fold_legacy_rule(d: dict[str, Any]) -> dict[str, Any]:
+    """Move the flat rule fields of older configs (``algo``, ``alpha``, ...) into ``rule``."""
+    d = dict(d)
+    legacy = {k: d.pop(k) for k in _LEGACY_RULE_KEYS if k in d}
+    if not legacy:
+        return d
+    if "rule" in d:
+        raise ValueError(
+            f"config gives both 'rule' and the flat rule field(s) {sorted(legacy)}; put them "
+            'inside \'rule\', e.g. "rule": {"name": "dp_top", "beta": 0.01}.'
+        )
+    name = legacy.pop("algo", "dp_top")
+    allowed = rules.fields_of(name)
+    d["rule"] = {"name": name, **{k: v for k, v in legacy.items() if k in allowed}}
+    return d
