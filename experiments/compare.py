@@ -1,10 +1,12 @@
 """Train DP, DP⊤ and BP with the same model, optimizer and data over several seeds; write a table.
 
-Example (the command that produced experiments/RESULTS.md):
+Example (the command behind experiments/RESULTS.md, which was written with the old ``--algos``):
 
-    python experiments/compare.py --setups fmnist_mlp,fmnist_cnn --algos dp_top,bp,dp --seeds 0,1,2
+    python experiments/compare.py --setups fmnist_mlp,fmnist_cnn --rules dp_top,bp,dp --seeds 0,1,2
 
-Each run lives in ``<runs>/<setup>/<algo>-seed<k>``; a finished run (results.json present) is
+``--rules`` takes rule labels (``dp_top``, ``dp``, ``bp``, ``dp+fast``). Every rule keeps the
+settings of the setup's ``"rule"`` that it takes (α and β for DP and DP⊤; none of them for BP).
+Each run lives in ``<runs>/<setup>/<rule>-seed<k>``; a finished run (results.json present) is
 reused, an interrupted one is resumed, so the script can be stopped and started again.
 The table in ``--out`` is rewritten after every run from all the results found.
 """
@@ -20,9 +22,14 @@ import sys
 
 import jax
 
-from dualprop_jax.train import TrainConfig, existing_checkpoint_epoch, train_and_evaluate
+from dualprop_jax import rules
+from dualprop_jax.checkpoints import latest_epoch
+from dualprop_jax.train import train_and_evaluate
+from dualprop_jax.train_config import TrainConfig
 
 HERE = pathlib.Path(__file__).resolve().parent
+# --override keys that are rule settings (alpha=0.3) rather than TrainConfig fields
+RULE_SETTINGS = {s for name in rules.NAMES for s in rules.fields_of(name)}
 
 
 def load_setup(name: str, **overrides) -> dict:
@@ -33,23 +40,43 @@ def load_setup(name: str, **overrides) -> dict:
     return {**json.loads(path.read_text()), **overrides}
 
 
-def run_one(setup: str, algo: str, seed: int, runs: pathlib.Path, overrides: dict) -> dict:
-    workdir = runs / setup / f"{algo}-seed{seed}"
+def setup_config(setup: str, label: str, seed: int, overrides: dict) -> TrainConfig:
+    """The setup's config with rule ``label`` (its settings from the setup and the overrides)."""
+    values = load_setup(setup, **{k: v for k, v in overrides.items() if k not in RULE_SETTINGS})
+    given = values.pop("rule", {})
+    settings = {"name": given} if isinstance(given, str) else dict(given)
+    settings.pop("name", None)
+    settings.update({k: v for k, v in overrides.items() if k in RULE_SETTINGS})
+    rule = rules.from_label(label, **settings)
+    return TrainConfig.from_dict({**values, "rule": rule.to_dict(), "seed": seed})
+
+
+def run_one(setup: str, label: str, seed: int, runs: pathlib.Path, overrides: dict) -> dict:
+    workdir = runs / setup / f"{label}-seed{seed}"
     done = workdir / "results.json"
     if done.exists():
         return json.loads(done.read_text())
-    cfg = TrainConfig.from_dict({**load_setup(setup, **overrides), "algo": algo, "seed": seed})
+    cfg = setup_config(setup, label, seed, overrides)
 
     def hook(event, info):
         if event == "epoch":
             print(
-                f"  [{setup} {algo} seed {seed}] epoch {info['epoch']:3d} "
+                f"  [{setup} {label} seed {seed}] epoch {info['epoch']:3d} "
                 f"val {100 * info['val_accuracy']:.2f}% ({info['epoch_time_s']:.1f} s)",
                 flush=True,
             )
 
-    resume = existing_checkpoint_epoch(workdir) is not None
+    resume = latest_epoch(workdir) is not None
     return train_and_evaluate(cfg, workdir, resume=resume, hook=hook)
+
+
+def rule_of(result: dict) -> dict:
+    """``results["rule"]``; results.json of older runs held flat ``algo``/``alpha``/``beta``."""
+    if "rule" in result:
+        return result["rule"]
+    if result.get("algo") == "bp":
+        return {"name": "bp"}
+    return {"name": result["algo"], "alpha": result["alpha"], "beta": result["beta"]}
 
 
 def _fmt(values: list[float]) -> str:
@@ -59,7 +86,7 @@ def _fmt(values: list[float]) -> str:
 
 
 def write_table(
-    runs: pathlib.Path, setups: list[str], algos: list[str], out: pathlib.Path, command: str
+    runs: pathlib.Path, setups: list[str], labels: list[str], out: pathlib.Path, command: str
 ) -> None:
     lines = [
         "# Results: DP, DP⊤ and BP on the same model, optimizer and data",
@@ -72,32 +99,33 @@ def write_table(
         f"`{jax.default_backend()}` ({jax.devices()[0].device_kind}). Test accuracy (%) of the "
         "best-validation checkpoint, mean ± std over seeds; 10% of train held out for validation.",
         "",
-        "| setup | algo | α | β | seeds | test acc (%) | per seed | Δ vs BP (points) "
+        "| setup | rule | α | β | seeds | test acc (%) | per seed | Δ vs BP (points) "
         "| train time / run (s) | steps/s |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for setup in setups:
         cfg = load_setup(setup)
         found: dict[str, list[dict]] = {}
-        for algo in algos:
-            found[algo] = [
+        for label in labels:
+            found[label] = [
                 json.loads(p.read_text())
-                for p in sorted((runs / setup).glob(f"{algo}-seed*/results.json"))
+                for p in sorted((runs / setup).glob(f"{label}-seed*/results.json"))
             ]
         bp = [r["test_accuracy"] for r in found.get("bp", [])]
-        for algo in algos:
-            rs = found[algo]
+        for label in labels:
+            rs = found[label]
             if not rs:
                 continue
             acc = [r["test_accuracy"] for r in rs]
             delta = (
                 f"{100 * (statistics.mean(acc) - statistics.mean(bp)):+.2f}"
-                if bp and algo != "bp"
+                if bp and label != "bp"
                 else ""
             )
-            ab = ("–", "–") if algo == "bp" else (rs[0]["alpha"], rs[0]["beta"])
+            rule = rule_of(rs[0])
+            ab = (rule.get("alpha", "–"), rule.get("beta", "–"))
             lines.append(
-                f"| {setup} ({cfg['model']}, {cfg['epochs']} ep) | {algo} | {ab[0]} | {ab[1]} | "
+                f"| {setup} ({cfg['model']}, {cfg['epochs']} ep) | {label} | {ab[0]} | {ab[1]} | "
                 f"{','.join(str(r['seed']) for r in rs)} | {_fmt(acc)} | "
                 f"{' '.join(f'{100 * a:.2f}' for a in acc)} | {delta} | "
                 f"{statistics.mean(r['train_time_s'] for r in rs):.0f} | "
@@ -110,7 +138,7 @@ def write_table(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--setups", default="fmnist_mlp,fmnist_cnn")
-    parser.add_argument("--algos", default="dp_top,bp,dp")
+    parser.add_argument("--rules", default="dp_top,bp,dp", help="rule labels, comma-separated")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--runs", type=pathlib.Path, default=pathlib.Path("runs/compare"))
     parser.add_argument("--out", type=pathlib.Path, default=HERE / "RESULTS.md")
@@ -118,21 +146,22 @@ def main() -> None:
         "--override",
         action="append",
         default=[],
-        help="FIELD=JSON value applied to every setup, e.g. epochs=1",
+        help="FIELD=JSON value applied to every setup, e.g. epochs=1 or beta=0.05 (a rule "
+        "setting, applied to the rules that take it)",
     )
     args = parser.parse_args()
-    setups, algos = args.setups.split(","), args.algos.split(",")
+    setups, labels = args.setups.split(","), args.rules.split(",")
     seeds = [int(s) for s in args.seeds.split(",")]
     overrides = {k: json.loads(v) for k, v in (o.split("=", 1) for o in args.override)}
     command = "python experiments/compare.py " + " ".join(sys.argv[1:])
     for setup in setups:
         for seed in seeds:
-            for algo in algos:  # interleave algorithms so a partial table stays comparable
-                r = run_one(setup, algo, seed, args.runs, overrides)
+            for label in labels:  # interleave rules so a partial table stays comparable
+                r = run_one(setup, label, seed, args.runs, overrides)
                 print(
-                    f"{setup} {algo} seed {seed}: test {100 * r['test_accuracy']:.2f}%", flush=True
+                    f"{setup} {label} seed {seed}: test {100 * r['test_accuracy']:.2f}%", flush=True
                 )
-                write_table(args.runs, setups, algos, args.out, command)
+                write_table(args.runs, setups, labels, args.out, command)
 
 
 if __name__ == "__main__":

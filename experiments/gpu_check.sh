@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One prepared GPU session: benchmark (float32 and bf16), VGG16 epoch timing, and the core
 # tests on the accelerator's JAX. Results go to $OUT (default ./gpu_out).
+# `python -m dualprop_jax.cli bench` is `dualprop bench` without installing the package.
 #   OUT=gpu_out bash experiments/gpu_check.sh
 set -u
 OUT=${OUT:-gpu_out}
@@ -12,9 +13,9 @@ print(sys.version.split()[0], "jax", jax.__version__, "flax", flax.__version__,
       "optax", optax.__version__, "chex", chex.__version__, jax.devices())
 PY
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | tee -a "$OUT/env.txt"
-timeout 300 python -m dualprop_jax.bench --models mlp,cnn,vgg16 --steps 100 --vgg-steps 50 \
+timeout 300 python -m dualprop_jax.cli bench --models mlp,cnn,vgg16 --steps 100 --vgg-steps 50 \
   --vgg-epoch --out "$OUT/bench_gpu.json" 2>&1 | tee "$OUT/bench_gpu.txt"
-timeout 120 python -m dualprop_jax.bench --models mlp,cnn,vgg16 --dtype bfloat16 --algos bp,dp_top \
+timeout 120 python -m dualprop_jax.cli bench --models mlp,cnn,vgg16 --dtype bfloat16 --rules bp,dp_top \
   --steps 100 --vgg-steps 50 --vgg-epoch --out "$OUT/bench_gpu_bf16.json" 2>&1 \
   | tee "$OUT/bench_gpu_bf16.txt"
 if python -m pytest --version >/dev/null 2>&1; then

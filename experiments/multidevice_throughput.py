@@ -2,15 +2,17 @@
 
 Example (the command behind the BENCHMARKS.md row):
 
-    python experiments/multidevice_throughput.py --setup fmnist_mlp --algo dp_top --devices 1,2,4
+    python experiments/multidevice_throughput.py --setup fmnist_mlp --rule dp_top --devices 1,2,4
 
 Each device count runs in a fresh process with ``jax_num_cpu_devices`` set to it, so every run
-sees exactly that many CPU devices. A run times the training loop of ``train_and_evaluate``
-(host batch -> global array split over the devices -> jitted step, at most
-``train.steps_in_flight`` steps queued) on Fashion-MNIST batches of the setup's global batch
-size, after a warm-up that compiles the step; it reports the median over ``--repeats`` timings
-of ``--steps`` steps. Simulated CPU devices share the machine's cores, so more devices need
-not mean more speed.
+sees exactly that many CPU devices. A run builds what ``train_and_evaluate`` builds
+(``train.build_run``: mesh, model, optimizer, donated train step) and times its training loop,
+:func:`dualprop_jax.loop.train_epoch` (host batch -> global array split over the devices ->
+jitted step, at most ``parallel.steps_in_flight`` steps queued), on Fashion-MNIST batches of
+the setup's global batch size. After a warm-up epoch of 3 steps that compiles the step, each
+timing is one epoch of ``--steps`` steps (the subset's images repeated); it reports the median
+over ``--repeats`` timings. Simulated CPU devices share the machine's cores, so more devices
+need not mean more speed.
 """
 
 from __future__ import annotations
@@ -23,61 +25,62 @@ import platform
 import statistics
 import subprocess
 import sys
-import time
 
 HERE = pathlib.Path(__file__).resolve().parent
 
 
-def measure(devices: int, setup: str, algo: str, steps: int, repeats: int) -> dict:
+def setup_config(setup: str, rule: str, devices: int):
+    """The setup's TrainConfig with rule ``rule`` (keeping the setup's settings it takes)."""
+    from dualprop_jax import rules
+    from dualprop_jax.train_config import TrainConfig
+
+    values = json.loads((HERE / "configs" / f"{setup}.json").read_text())
+    given = values.pop("rule", {})
+    settings = {} if isinstance(given, str) else {k: v for k, v in given.items() if k != "name"}
+    chosen = rules.from_label(rule, **settings)
+    return TrainConfig.from_dict({**values, "rule": chosen.to_dict(), "devices": devices})
+
+
+def measure(devices: int, setup: str, rule: str, steps: int, repeats: int) -> dict:
     """Steps per second on ``devices`` CPU devices; call in a process where JAX has not started."""
     import jax
 
     jax.config.update("jax_num_cpu_devices", devices)
+    import dataclasses
+
     import numpy as np
-    from flax import nnx
-    from jax.sharding import NamedSharding
-    from jax.sharding import PartitionSpec as P
 
-    from dualprop_jax import data, models, train
+    from dualprop_jax import data, train
+    from dualprop_jax.loop import train_epoch
+    from dualprop_jax.steps import TrainState
 
-    cfg = train.TrainConfig.from_dict(
-        {**json.loads((HERE / "configs" / f"{setup}.json").read_text()), "algo": algo}
-    )
+    cfg = setup_config(setup, rule, devices)
     ds = data.load_dataset(cfg.dataset, max_train=20 * cfg.batch_size, seed=0)
-    mesh = train.make_mesh(devices)
-    train.check_divisible(cfg.batch_size, mesh)
-    net, params = models.split(
-        train.build_model(cfg, ds.input_shape, ds.num_classes, nnx.Rngs(cfg.seed))
-    )
-    optimizer = train.make_optimizer(cfg, steps_per_epoch=steps)
-    replicated, batch = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
-    params = jax.device_put(params, replicated)
-    opt_state = jax.device_put(optimizer.init(params), replicated)
-    step = train.make_train_step(net, cfg.dp_config(), cfg.algo, optimizer, mesh)
-    order = data.epoch_batches(len(ds.x_train), cfg.batch_size, np.random.default_rng(0))
-    key = jax.random.key(0)
+    run = train.build_run(cfg, ds)  # the mesh, model, optimizer and step of train_and_evaluate
 
-    throttle = train.StepThrottle(mesh)  # as train_and_evaluate does
+    def epoch_of(n: int) -> data.Dataset:
+        """``ds`` with a training split of exactly ``n`` batches (its images repeated)."""
+        idx = np.arange(n * cfg.batch_size) % len(ds.x_train)
+        return dataclasses.replace(ds, x_train=ds.x_train[idx], y_train=ds.y_train[idx])
 
-    def run(n: int) -> float:
-        nonlocal params, opt_state
-        t0 = time.perf_counter()
-        for i in range(n):
-            idx = order[i % len(order)]
-            x = train.global_array(ds.x_train[idx], batch)
-            y = train.global_array(ds.y_train[idx], batch)
-            params, opt_state, m = step(params, opt_state, x, y, key)
-            throttle(m["loss"])
-        jax.block_until_ready(params)
-        return time.perf_counter() - t0
+    state = TrainState.create(run.net, run.params, cfg.rule, run.optimizer, run.mesh)
 
-    run(3)  # compile and warm up
-    times = [run(steps) for _ in range(repeats)]
+    def timed_epoch(dataset: data.Dataset, epoch: int) -> float:
+        nonlocal state
+        result = train_epoch(
+            run.step, state, dataset, batch_size=cfg.batch_size, epoch=epoch, seed=cfg.seed,
+            mesh=run.mesh, log_every=steps,
+        )  # fmt: skip
+        state = result.state
+        return result.time_s
+
+    timed_epoch(epoch_of(3), 1)  # compile and warm up
+    times = [timed_epoch(epoch_of(steps), 2 + r) for r in range(repeats)]
     return {
         "devices": devices,
         "steps_per_s": steps / statistics.median(times),
         "setup": setup,
-        "algo": algo,
+        "rule": rule,
         "model": cfg.model,
         "global_batch": cfg.batch_size,
         "steps": steps,
@@ -89,7 +92,7 @@ def measure(devices: int, setup: str, algo: str, steps: int, repeats: int) -> di
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--setup", default="fmnist_mlp", help="a config in experiments/configs")
-    parser.add_argument("--algo", default="dp_top", choices=("dp", "dp_top", "bp"))
+    parser.add_argument("--rule", default="dp_top", choices=("dp_top", "dp", "bp", "dp+fast"))
     parser.add_argument("--devices", default="1,2,4", help="comma-separated CPU device counts")
     parser.add_argument("--steps", type=int, default=50, help="steps per timing")
     parser.add_argument("--repeats", type=int, default=3, help="timings per device count")
@@ -97,7 +100,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child is not None:
-        print(json.dumps(measure(args.child, args.setup, args.algo, args.steps, args.repeats)))
+        print(json.dumps(measure(args.child, args.setup, args.rule, args.steps, args.repeats)))
         return
 
     env = dict(os.environ, JAX_PLATFORMS="cpu")
@@ -105,7 +108,7 @@ def main(argv: list[str] | None = None) -> None:
     results = []
     for n in (int(d) for d in args.devices.split(",")):
         cmd = [sys.executable, __file__, "--child", str(n), "--setup", args.setup]
-        cmd += ["--algo", args.algo, "--steps", str(args.steps), "--repeats", str(args.repeats)]
+        cmd += ["--rule", args.rule, "--steps", str(args.steps), "--repeats", str(args.repeats)]
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
         if proc.returncode:
             sys.exit(f"{n} devices failed:\n{proc.stderr[-3000:]}")
@@ -114,7 +117,7 @@ def main(argv: list[str] | None = None) -> None:
     r0 = results[0]
     cells = " | ".join(f"{r['devices']} dev: {r['steps_per_s']:.1f}" for r in results)
     print(
-        f"\n| {r0['setup']} {r0['algo']}, global batch {r0['global_batch']}, train steps/s "
+        f"\n| {r0['setup']} {r0['rule']}, global batch {r0['global_batch']}, train steps/s "
         f"on {os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}) "
         f"| {cells} |"
     )

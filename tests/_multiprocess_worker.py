@@ -26,9 +26,11 @@ import jax
 import numpy as np
 from flax import nnx
 
-from dualprop_jax import data, distributed, models, train
+from dualprop_jax import data, distributed, models, parallel, rules, train
+from dualprop_jax.steps import TrainState, make_optimizer, make_train_step
+from dualprop_jax.train_config import TrainConfig
 
-CASES = {  # name: (model, algo)
+CASES = {  # name: (model, rule)
     "mlp_dp_top": ("mlp", "dp_top"),
     "cnn_dp_top": ("cnn", "dp_top"),
     "mlp_dp": ("mlp", "dp"),
@@ -67,33 +69,32 @@ def run_steps(name: str, mesh, steps: int = STEPS) -> dict[str, np.ndarray]:
     averaged over devices would show; Adam would hide it); the global batch is split over
     ``mesh``. DP and DP⊤ use α = 0.3, where they differ.
     """
-    model, algo = CASES[name]
-    cfg = train.TrainConfig(model=model, algo=algo, alpha=0.3, optimizer="sgd", learning_rate=0.1)
+    model, rule_name = CASES[name]
+    rule = rules.from_label(rule_name, alpha=0.3)  # bp takes no alpha: dropped
+    cfg = TrainConfig(model=model, rule=rule, optimizer="sgd", learning_rate=0.1)
     net, params = build(model)
-    optimizer = train.make_optimizer(cfg, steps_per_epoch=steps)
-    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    batch = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
-    params = jax.device_put(params, replicated)
-    opt_state = jax.device_put(optimizer.init(params), replicated)
-    step = train.make_train_step(net, cfg.dp_config(), algo, optimizer, mesh)
+    optimizer = make_optimizer(cfg, steps_per_epoch=steps)
+    batch = parallel.batch_sharding(mesh)
+    state = TrainState.create(net, params, cfg.rule, optimizer, mesh)
+    step = make_train_step(net, cfg.rule, optimizer, mesh=mesh, donate=True)
     xs, ys = batches(model, steps)
     out: dict[str, np.ndarray] = {}
     for i in range(steps):
-        x, y = train.global_array(xs[i], batch), train.global_array(ys[i], batch)
-        params, opt_state, metrics = step(params, opt_state, x, y, jax.random.key(i))
-        for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+        x, y = parallel.global_array(xs[i], batch), parallel.global_array(ys[i], batch)
+        state, metrics = step(state, x, y)
+        for path, leaf in jax.tree_util.tree_flatten_with_path(state.params)[0]:
             out[f"{name}/{i}/params{jax.tree_util.keystr(path)}"] = local_value(leaf)
         for k, v in metrics.items():
             out[f"{name}/{i}/{k}"] = local_value(v)
     return out
 
 
-def short_run_config(devices: int | None) -> train.TrainConfig:
+def short_run_config(devices: int | None) -> TrainConfig:
     """One epoch of DP⊤ with a small MLP on a Fashion-MNIST subset."""
-    return train.TrainConfig(
+    return TrainConfig(
         model="mlp",
         widths=(128,),
-        algo="dp_top",
+        rule=rules.dual_prop(variant="dp_top"),
         epochs=1,
         batch_size=100,
         eval_batch_size=500,
@@ -119,31 +120,32 @@ def checks(workdir: pathlib.Path) -> dict[str, object]:
     whether the compiled MLP train step holds an all-reduce (gradients averaged across devices).
     """
     n = len(jax.devices())
-    mesh = train.make_mesh(n)
-    cfg = train.TrainConfig(model="mlp", algo="dp_top")
+    mesh = parallel.make_mesh(n)
+    cfg = TrainConfig(model="mlp", rule=rules.dual_prop(variant="dp_top"))
     net, params = build("mlp")
-    opt = train.make_optimizer(cfg, 1)
-    step = train.make_train_step(net, cfg.dp_config(), "dp_top", opt, mesh, donate=False)
+    opt = make_optimizer(cfg, 1)
+    step = make_train_step(net, cfg.rule, opt, mesh=mesh, donate=False)
     xs, ys = batches("mlp", steps=1)
-    hlo = step.lower(params, opt.init(params), xs[0], ys[0], jax.random.key(0)).compile().as_text()
+    state = TrainState.create(net, params, cfg.rule, opt)
+    hlo = step.lower(state, xs[0], ys[0]).compile().as_text()
     rng = np.random.default_rng(0)
     x, y = rng.standard_normal((40, 6)).astype(np.float32), np.arange(40, dtype=np.int32) % 3
     ds = data.Dataset("tiny", x, y, x[:0], y[:0], x[:8], y[:8], 3, False, "synthetic")
-    batch = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+    batch = parallel.batch_sharding(mesh)
     odd = n + 1 if n > 1 else 1  # not a multiple of n (for n > 1)
     return {
         "devices": n,
         "all_reduce": "all-reduce" in hlo,
-        "steps_in_flight": train.steps_in_flight(mesh),
+        "steps_in_flight": parallel.steps_in_flight(mesh),
         "train_batch": _error_message(
             lambda: train.train_and_evaluate(
-                train.TrainConfig(batch_size=odd, widths=(4,)), workdir / "odd", dataset=ds
+                TrainConfig(batch_size=odd, widths=(4,)), workdir / "odd", dataset=ds
             )
         ),
-        "global_array": _error_message(lambda: train.global_array(x[:odd], batch)),
+        "global_array": _error_message(lambda: parallel.global_array(x[:odd], batch)),
         "train_devices": _error_message(
             lambda: train.train_and_evaluate(
-                train.TrainConfig(devices=n + 1, widths=(4,), batch_size=8),
+                TrainConfig(devices=n + 1, widths=(4,), batch_size=8),
                 workdir / "many",
                 dataset=ds,
             )
@@ -174,7 +176,7 @@ def main(argv: list[str]) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     for job in args.job or ():
         if job == "steps":
-            mesh = train.make_mesh()
+            mesh = parallel.make_mesh()
             out = {"devices": np.asarray(mesh.devices.size)}
             out["processes"] = np.asarray(jax.process_count())
             for name in args.cases.split(","):

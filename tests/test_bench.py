@@ -4,7 +4,10 @@ No timing is asserted: only what the harness reports and that it ran what it say
 """
 
 import json
+import os
 import re
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -107,6 +110,22 @@ def test_cli_writes_the_json_it_prints(tmp_path, capsys):
     for r in result["rows"]:
         assert f"| mlp | {r['rule']} | 4 | {r['step_ms_median']:.2f} |" in printed
     assert result["command"].startswith("dualprop bench --models mlp")
+
+
+def test_python_m_dualprop_jax_bench_is_dualprop_bench(tmp_path):
+    """The old entry point (experiments/, BENCHMARKS.md) still runs the same command."""
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "dualprop_jax.bench", "--models", "", "--out", str(out)],
+        env=dict(os.environ, JAX_PLATFORMS="cpu"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(out.read_text())
+    assert result["command"].startswith("dualprop bench --models") and result["rows"] == []
 
 
 def test_epoch_timing_runs_whole_epochs_of_host_batches():

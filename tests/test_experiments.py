@@ -6,16 +6,21 @@ import pathlib
 import numpy as np
 import pytest
 
-from dualprop_jax import train
+from dualprop_jax import checkpoints, rules, train, train_config
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "experiments" / "configs"
 VGG_SETUPS = {"cifar10_vgg16": 10, "cifar100_vgg16": 100, "imagenet32_vgg16": 1000}
+FLAT_RULE_KEYS = {"algo", "alpha", "beta", "loss", "passes", "schedule", "dtype", "fast"}
 
 
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.json")), ids=lambda p: p.stem)
 def test_every_config_file_is_a_valid_train_config(path):
-    cfg = train.TrainConfig.from_dict(json.loads(path.read_text()))
-    assert cfg.algo in train.ALGOS
+    values = json.loads(path.read_text())
+    cfg = train_config.TrainConfig.from_dict(values)
+    assert cfg.rule.name in rules.NAMES
+    # the rule is one field, not the flat fields (algo, alpha, beta, ...) of older configs
+    assert isinstance(values["rule"], dict) and values["rule"]["name"] == cfg.rule.name
+    assert not set(values) & FLAT_RULE_KEYS
 
 
 @pytest.mark.parametrize("setup", sorted(VGG_SETUPS))
@@ -41,9 +46,9 @@ def test_vgg16_paper_setup_starts_on_generated_cifar_shaped_data(setup, tmp_path
         warmup_epochs=0,
         val_fraction=0.0,
     )
-    cfg = train.TrainConfig.from_dict(values)
+    cfg = train_config.TrainConfig.from_dict(values)
     assert cfg.model == "vgg16" and cfg.augment
     results = train.train_and_evaluate(cfg, tmp_path / "run")
     assert results["epochs"] == 1 and 0.0 <= results["test_accuracy"] <= 1.0
-    _, state, _ = train.load_checkpoint(tmp_path / "run")
+    _, state, _ = checkpoints.load_checkpoint(tmp_path / "run")
     assert state["params"]["layers"][15]["kernel"].shape == (4096, classes)

@@ -22,7 +22,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from dualprop_jax import distributed, models, train
+from dualprop_jax import checkpoints, distributed, models, parallel, train
+from dualprop_jax.steps import build_model
+from dualprop_jax.train_config import TrainConfig
 
 WORKER = pathlib.Path(worker.__file__)
 TIMEOUT_S = 240
@@ -109,7 +111,7 @@ def two_processes(tmp_path_factory):
 @pytest.fixture(scope="module")
 def oracle():
     """The same train steps on one device, in this process."""
-    mesh = train.make_mesh(1)
+    mesh = parallel.make_mesh(1)
     out = {}
     for name in worker.CASES:
         out.update(worker.run_steps(name, mesh))
@@ -134,10 +136,10 @@ def _results(workdir: pathlib.Path) -> dict:
 def _assert_same_final_params(workdir: pathlib.Path, reference: pathlib.Path) -> None:
     """Per leaf, the final parameters differ from the reference's by < 1% of how far training
     moved them (Adam amplifies float rounding in near-zero gradients, so not bit-for-bit)."""
-    _, got, meta = train.load_checkpoint(workdir)
-    _, ref, _ = train.load_checkpoint(reference)
+    _, got, meta = checkpoints.load_checkpoint(workdir)
+    _, ref, _ = checkpoints.load_checkpoint(reference)
     cfg = worker.short_run_config(None)
-    model = train.build_model(cfg, meta["input_shape"], meta["num_classes"], nnx.Rngs(cfg.seed))
+    model = build_model(cfg, meta["input_shape"], meta["num_classes"], nnx.Rngs(cfg.seed))
     init = models.split(model)[1]
     leaves = (jax.tree.leaves(t) for t in (got["params"], ref["params"], init))
     for g, r, i in zip(*leaves, strict=True):
@@ -172,7 +174,8 @@ def test_four_device_step_averages_gradients_with_an_all_reduce(four_devices):
 def test_queued_steps_are_bounded_only_on_several_cpu_devices(four_devices):
     """XLA's CPU all-reduce can deadlock with dozens of queued steps: the loop waits then."""
     assert json.loads((four_devices / "checks.json").read_text())["steps_in_flight"] == 2
-    assert train.steps_in_flight(train.make_mesh(1)) is None
+    assert parallel.steps_in_flight(parallel.make_mesh(1)) is None
+    assert parallel.steps_in_flight(None) is None  # mesh=None: one device
 
 
 def test_short_run_on_four_devices_matches_one_device(four_devices, one_device_run):
@@ -202,7 +205,7 @@ def test_two_process_training_run_matches_one_device(two_processes, one_device_r
     two, one = _results(two_processes / "train"), _results(one_device_run)
     assert two["processes"] == 2 and two["devices"] == 4
     assert abs(two["test_accuracy"] - one["test_accuracy"]) <= 0.005
-    assert train.existing_checkpoint_epoch(two_processes / "train") == 1
+    assert checkpoints.latest_epoch(two_processes / "train") == 1
     _assert_same_final_params(two_processes / "train", one_device_run)
 
 
@@ -218,10 +221,10 @@ def test_non_divisible_batch_and_too_many_devices_are_clear_errors(four_devices)
 def test_too_many_devices_in_this_process(tmp_path):
     n = len(jax.devices())
     with pytest.raises(ValueError, match=f"{n + 1} devices requested but only {n} are"):
-        train.make_mesh(n + 1)
+        parallel.make_mesh(n + 1)
     with pytest.raises(ValueError, match="invalid"):
-        train.make_mesh(0)
-    cfg = train.TrainConfig(devices=n + 1)
+        parallel.make_mesh(0)
+    cfg = TrainConfig(devices=n + 1)
     with pytest.raises(ValueError, match="devices requested"):
         train.train_and_evaluate(cfg, tmp_path / "run", dataset=_tiny_dataset())
     assert not (tmp_path / "run").exists()

@@ -15,8 +15,10 @@ import pytest
 from flax import nnx
 
 import dualprop_jax as dp
-from dualprop_jax import cli, train
+from dualprop_jax import checkpoints, cli, parallel, rules, steps, train
 from dualprop_jax.data import load_dataset
+from dualprop_jax.errors import DivergenceError
+from dualprop_jax.train_config import TrainConfig
 
 
 @pytest.fixture(scope="module")
@@ -25,10 +27,8 @@ def fmnist_12k():
 
 
 def test_one_epoch_dp_top_mlp_reaches_80_percent_on_fashion_mnist(fmnist_12k, tmp_path):
-    cfg = train.TrainConfig(
-        algo="dp_top",
-        alpha=0.5,
-        beta=0.01,
+    cfg = TrainConfig(
+        rule=rules.dual_prop(variant="dp_top", alpha=0.5, beta=0.01),
         widths=(512,),
         epochs=1,
         max_train=12000,
@@ -39,10 +39,7 @@ def test_one_epoch_dp_top_mlp_reaches_80_percent_on_fashion_mnist(fmnist_12k, tm
     assert results["test_accuracy"] >= 0.80, results["test_accuracy"]
     on_disk = json.loads((tmp_path / "run" / "results.json").read_text())
     for key in (
-        "algo",
-        "variant",
-        "alpha",
-        "beta",
+        "rule",
         "dataset",
         "model",
         "epochs",
@@ -55,6 +52,9 @@ def test_one_epoch_dp_top_mlp_reaches_80_percent_on_fashion_mnist(fmnist_12k, tm
         "backend",
     ):
         assert key in on_disk, key
+    assert on_disk["rule"]["name"] == "dp_top"
+    assert on_disk["rule"]["alpha"] == 0.5 and on_disk["rule"]["beta"] == 0.01
+    assert rules.from_dict(on_disk["rule"]) == cfg.rule
     assert 0.0 <= on_disk["best_val_accuracy"] <= 1.0
     assert on_disk["test_accuracy"] == results["test_accuracy"]
     rows = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
@@ -64,22 +64,22 @@ def test_one_epoch_dp_top_mlp_reaches_80_percent_on_fashion_mnist(fmnist_12k, tm
 def test_train_step_equals_optax_driven_by_hand():
     """The library's train step = contrastive_grad + optax update, done by hand."""
     net, params = dp.split(dp.mlp((12, 8, 3), rngs=nnx.Rngs(0)))
-    cfg = train.TrainConfig(optimizer="sgd", learning_rate=0.1, momentum=0.9, weight_decay=1e-3)
-    opt = train.make_optimizer(cfg, steps_per_epoch=10)
+    cfg = TrainConfig(optimizer="sgd", learning_rate=0.1, momentum=0.9, weight_decay=1e-3)
+    opt = steps.make_optimizer(cfg, steps_per_epoch=10)
     x = jax.random.normal(jax.random.key(0), (6, 12))
     y = jax.numpy.array([0, 1, 2, 0, 1, 2])
-    step = train.make_train_step(
-        net, cfg.dp_config(), "dp_top", opt, train.make_mesh(1), donate=False
-    )
-    p1, s1, m = step(params, opt.init(params), x, y, jax.random.key(0))
+    mesh = parallel.make_mesh(1)
+    step = steps.make_train_step(net, cfg.rule, opt, mesh=mesh, donate=False)
+    state1, m = step(steps.TrainState.create(net, params, cfg.rule, opt, mesh), x, y)
+    p1 = state1.params
     # by hand: SGD momentum 0.9 on the DP gradient, plus decoupled weight decay λθ, times lr
-    g, aux = dp.contrastive_grad(net, params, x, y, cfg.dp_config())
+    g, aux = dp.contrastive_grad(net, params, x, y, cfg.rule)
     expected = jax.tree.map(lambda p, gi: p - 0.1 * (gi + 1e-3 * p), params, g)
     chex.assert_trees_all_close(p1, expected, rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(m["loss"], aux.loss, rtol=1e-6)
     # and the second step uses momentum: m2 = 0.9 g1 + g2
-    p2, _, _ = step(p1, s1, x, y, jax.random.key(1))
-    g2, _ = dp.contrastive_grad(net, p1, x, y, cfg.dp_config())
+    p2 = step(state1, x, y)[0].params
+    g2, _ = dp.contrastive_grad(net, p1, x, y, cfg.rule)
     expected2 = jax.tree.map(lambda p, a, b: p - 0.1 * (0.9 * a + b + 1e-3 * p), p1, g, g2)
     chex.assert_trees_all_close(p2, expected2, rtol=1e-5, atol=1e-6)
     assert isinstance(opt, optax.GradientTransformation)
@@ -116,10 +116,7 @@ def test_killed_run_resumes_to_the_same_final_parameters(tmp_path):
     try:
         deadline = time.time() + 120
         while time.time() < deadline and proc.poll() is None:
-            if (
-                train.existing_checkpoint_epoch(killed)
-                and train.existing_checkpoint_epoch(killed) >= 2
-            ):
+            if checkpoints.latest_epoch(killed) and checkpoints.latest_epoch(killed) >= 2:
                 break
             time.sleep(0.05)
         proc.send_signal(signal.SIGKILL)
@@ -128,7 +125,7 @@ def test_killed_run_resumes_to_the_same_final_parameters(tmp_path):
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
-    stopped_at = train.existing_checkpoint_epoch(killed)
+    stopped_at = checkpoints.latest_epoch(killed)
     assert stopped_at is not None and stopped_at < epochs
     assert not (killed / "results.json").exists()
 
@@ -136,8 +133,8 @@ def test_killed_run_resumes_to_the_same_final_parameters(tmp_path):
     straight = tmp_path / "straight"
     assert cli.main(_cli_args(straight, epochs)) == 0
 
-    _, resumed_state, resumed_meta = train.load_checkpoint(killed)
-    _, straight_state, straight_meta = train.load_checkpoint(straight)
+    _, resumed_state, resumed_meta = checkpoints.load_checkpoint(killed)
+    _, straight_state, straight_meta = checkpoints.load_checkpoint(straight)
     assert resumed_meta["epoch"] == straight_meta["epoch"] == epochs
     chex.assert_trees_all_equal(resumed_state["params"], straight_state["params"])
     chex.assert_trees_all_equal(resumed_state["opt_state"], straight_state["opt_state"])
@@ -253,6 +250,28 @@ def test_data_dir_that_does_not_exist(tmp_path, capsys):
     assert code == 2 and str(missing) in err and "does not exist" in err
 
 
+@pytest.mark.parametrize("rule_flag", ["--rule", "--algo"])
+def test_rule_flag_that_does_not_apply_to_the_rule(rule_flag, tmp_path, capsys):
+    workdir = tmp_path / "w"
+    args = ["train", rule_flag, "bp", "--alpha", "0.3", "--max-train", "500", "--widths", "16"]
+    code, err = _run_cli([*args, "--epochs", "1", "--workdir", str(workdir)], capsys)
+    assert code == 2 and "--alpha" in err and "bp" in err
+    assert not workdir.exists()
+
+
+def test_old_flat_config_dict_reads_as_a_rule():
+    """config.json of runs written before the rule was one field: algo, alpha, beta, ... flat."""
+    old = {"algo": "bp", "alpha": 0.5, "beta": 0.01, "loss": "softmax_ce", "widths": [16]}
+    old |= {"passes": 0, "schedule": "alternating", "dtype": "float32", "fast": False}
+    cfg = TrainConfig.from_dict(old)
+    assert cfg.rule == rules.backprop()
+    assert cfg.widths == (16,)
+    dp_old = TrainConfig.from_dict({"algo": "dp", "alpha": 0.3, "beta": 0.05, "passes": 1})
+    assert dp_old.rule == rules.dual_prop(variant="dp", alpha=0.3, beta=0.05, passes=1)
+    # a config without algo (the flat default) is DP⊤
+    assert TrainConfig.from_dict({"beta": 0.02}).rule == rules.dual_prop(beta=0.02)
+
+
 def test_multi_process_run_without_workdir_is_refused_before_jax_distributed_starts(
     tmp_path, capsys, monkeypatch
 ):
@@ -324,19 +343,19 @@ def test_divergence_stops_with_a_clear_message_and_keeps_the_last_good_checkpoin
     """A NaN image that epoch 1 skips (the remainder is dropped) but epoch 2 uses."""
     import dataclasses
 
-    from dualprop_jax.data import epoch_batches
+    from dualprop_jax.input_pipeline import epoch_batches
 
     ds = load_dataset("fashion_mnist", max_train=530, seed=0)
-    cfg = train.TrainConfig(widths=(16,), epochs=3, batch_size=100, seed=0)
+    cfg = TrainConfig(widths=(16,), epochs=3, batch_size=100, seed=0)
     used = [set(epoch_batches(530, 100, np.random.default_rng([0, e])).ravel()) for e in (1, 2)]
     poisoned = sorted(used[1] - used[0])[0]
     x = ds.x_train.copy()
     x[poisoned] = np.nan
     ds = dataclasses.replace(ds, x_train=x)
-    with pytest.raises(train.DivergenceError, match=r"became nan at epoch 2.*epoch 1\) is kept"):
+    with pytest.raises(DivergenceError, match=r"became nan at epoch 2.*epoch 1\) is kept"):
         train.train_and_evaluate(cfg, tmp_path / "run", dataset=ds)
-    assert train.existing_checkpoint_epoch(tmp_path / "run") == 1
+    assert checkpoints.latest_epoch(tmp_path / "run") == 1
     assert not (tmp_path / "run" / "results.json").exists()
-    _, state, meta = train.load_checkpoint(tmp_path / "run")
+    _, state, meta = checkpoints.load_checkpoint(tmp_path / "run")
     assert meta["epoch"] == 1
     assert all(bool(np.isfinite(leaf).all()) for leaf in jax.tree.leaves(state["params"]))

@@ -71,6 +71,10 @@ MODELS: dict[str, ModelSpec] = {
 }
 
 DEFAULT_STEPS = {"mlp": 200, "cnn": 60, "vgg16": 20}
+BENCH_OPTIONS = dict(
+    warmup=5, rule_labels=RULES, alpha=0.5, beta=0.01, dtype="float32", passes=0, seed=0
+)
+"""The settings every row of a benchmark shares, with their defaults."""
 CPU_VGG_BATCH = 8
 
 
@@ -311,16 +315,19 @@ def run_benchmark(
     vgg_batch: int | None = None,
     steps: int | None = None,
     vgg_steps: int | None = None,
-    warmup: int = 5,
-    rule_labels: Sequence[str] = RULES,
-    alpha: float = 0.5,
-    beta: float = 0.01,
-    dtype: str = "float32",
-    passes: int = 0,
     specs: dict[str, ModelSpec] | None = None,
+    **options,
 ) -> dict:
-    """The benchmark result dict: environment, settings, notes and one row per (model, rule)."""
+    """The benchmark result dict: environment, settings, notes and one row per (model, rule).
+
+    ``options`` go to :func:`bench_model` (defaults :data:`BENCH_OPTIONS`): ``warmup``,
+    ``rule_labels``, ``alpha``, ``beta``, ``dtype``, ``passes``, ``seed``.
+    """
     specs = MODELS if specs is None else specs
+    unknown_options = sorted(set(options) - set(BENCH_OPTIONS))
+    if unknown_options:
+        raise TypeError(f"unknown options {unknown_options}; known: {sorted(BENCH_OPTIONS)}")
+    options = {**BENCH_OPTIONS, **options}
     unknown = [m for m in model_names if m not in specs]
     if unknown:
         raise ValueError(f"unknown models {unknown}; choose from {sorted(specs)}.")
@@ -333,20 +340,13 @@ def run_benchmark(
             n = vgg_steps or n
         if b != batch:
             notes.append(f"{name}: batch {b} instead of {batch} on {backend}")
-        rows += bench_model(
-            name, specs[name], batch=b, steps=n, warmup=warmup, rule_labels=rule_labels,
-            alpha=alpha, beta=beta, dtype=dtype, passes=passes,
-        )  # fmt: skip
+        rows += bench_model(name, specs[name], batch=b, steps=n, **options)
     return {
         "backend": backend,
         "device": device_description(),
         "jax_version": jax.__version__,
         "settings": {
-            "alpha": alpha,
-            "beta": beta,
-            "dtype": dtype,
-            "passes": passes,
-            "warmup": warmup,
+            **{k: options[k] for k in ("alpha", "beta", "dtype", "passes", "warmup")},
             "optimizer": "sgd momentum 0.9, decoupled weight decay 5e-4, lr 0.01",
             "peak_bytes": "XLA memory analysis of the compiled step: arguments + outputs "
             "- donated + temporaries",
