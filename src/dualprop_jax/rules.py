@@ -53,25 +53,29 @@ def _is_array(value: object) -> bool:
     return isinstance(value, jax.Array | np.ndarray | np.generic)
 
 
-def _real(value: object) -> float | None:
-    """``value`` as a Python float when it is a concrete real number, else None.
+def _concrete(value: object) -> float | None:
+    """The value of a scalar array, or None where it is traced (inside ``jit``/``vmap``)."""
+    try:
+        return float(value)
+    except TypeError:  # jax.errors.ConcretizationTypeError and its kin are TypeErrors
+        return None
 
-    A traced scalar (inside ``jit``/``vmap``) has no value to check: it is accepted as it is.
-    """
-    if isinstance(value, bool) or isinstance(value, np.bool_):
+
+def _real(value: object) -> float | None:
+    """``value`` as a Python float when it is a real number; NaN for a traced real scalar
+    (it has no value to check, and is accepted as it is); None for anything else."""
+    if isinstance(value, bool | np.bool_):
         return None
     if isinstance(value, numbers.Real):
         return float(value)
     if _is_array(value) and np.ndim(value) == 0 and np.issubdtype(value.dtype, np.floating):
-        try:
-            return float(value)
-        except jax.errors.ConcretizationTypeError:
-            return math.nan
+        v = _concrete(value)
+        return math.nan if v is None else v
     return None
 
 
 def _is_traced(value: object) -> bool:
-    return isinstance(value, jax.core.Tracer)
+    return isinstance(value, jax.Array) and _concrete(value) is None
 
 
 class Rule:
