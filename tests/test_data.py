@@ -4,8 +4,8 @@ augmentation of dualprop_jax.input_pipeline."""
 from __future__ import annotations
 
 import gzip
-import importlib.util
 import struct
+import sys
 from pathlib import Path
 
 import jax
@@ -14,8 +14,15 @@ import numpy as np
 import pytest
 
 from dualprop_jax import data
-from dualprop_jax.data import DataError, Dataset, load_dataset, read_idx
-from dualprop_jax.input_pipeline import augment_batch, check_batch_size, epoch_batches
+from dualprop_jax.data import DataError, Dataset, StandardisedImages, load_dataset, read_idx
+from dualprop_jax.input_pipeline import (
+    augment_batch,
+    batches,
+    check_batch_size,
+    epoch_batches,
+    epoch_order,
+    padded_batches,
+)
 
 FMNIST_DIR = Path("/usr/share/datasets/fashion-mnist")  # where the loader looks (Debian)
 IDX_NAMES = (
@@ -37,7 +44,6 @@ def _debian_fmnist() -> None:
 
 
 needs_fmnist = pytest.mark.usefixtures("_debian_fmnist")
-HAS_TFDS = importlib.util.find_spec("tensorflow_datasets") is not None
 
 
 # ------------------------------------------------------------------------------------------
@@ -127,7 +133,9 @@ def test_fmnist_shapes_and_labels(fmnist):
     assert fmnist.augment is False
     assert fmnist.source == str(FMNIST_DIR)
     for arr in (fmnist.x_train, fmnist.x_val, fmnist.x_test):
-        assert arr.dtype == np.float32
+        # uint8 pixels kept as such, read as float32 standardised images
+        assert isinstance(arr, StandardisedImages) and arr.raw.dtype == np.uint8
+        assert arr.dtype == np.float32 and fmnist.images("val", [0, 1]).dtype == np.float32
     for arr in (fmnist.y_train, fmnist.y_val, fmnist.y_test):
         assert arr.dtype == np.int32
     # Fashion-MNIST is balanced: 1000 test and 6000 train examples per class.
@@ -139,11 +147,112 @@ def test_fmnist_shapes_and_labels(fmnist):
 
 
 def test_fmnist_standardised(fmnist):
-    assert abs(float(fmnist.x_train.mean(dtype=np.float64))) < 1e-4
-    assert abs(float(fmnist.x_train.std(dtype=np.float64)) - 1.0) < 1e-4
+    x_train, x_test = np.asarray(fmnist.x_train), np.asarray(fmnist.x_test)
+    assert x_train.dtype == np.float32 and x_train.shape == (54000, 28, 28, 1)
+    assert abs(float(x_train.mean(dtype=np.float64))) < 1e-4
+    assert abs(float(x_train.std(dtype=np.float64)) - 1.0) < 1e-4
     # val/test use the train statistics, so they are close to but not exactly 0/1.
-    assert abs(float(fmnist.x_test.mean())) < 0.05
-    assert abs(float(fmnist.x_test.std()) - 1.0) < 0.05
+    assert abs(float(x_test.mean())) < 0.05
+    assert abs(float(x_test.std()) - 1.0) < 0.05
+
+
+def _old_float32_splits(fmnist_raw, *, val_fraction=0.1, seed=0, max_train=None):
+    """Oracle: the float32 arrays the loader built before the uint8 path, from independently
+    decoded IDX arrays: x.astype(float32) / 255, then minus the train mean, divided by the
+    train std (float64 statistics cast to float32), in that order and dtype."""
+    xtr, ytr, xte, yte = fmnist_raw
+    perm = np.random.default_rng(seed).permutation(len(xtr))
+    n_val = int(len(xtr) * val_fraction)
+    val_idx, train_idx = perm[:n_val], perm[n_val:][:max_train]
+    scaled = xtr.astype(np.float32) / np.float32(255.0)
+    splits = {"train": scaled[train_idx], "val": scaled[val_idx]}
+    splits["test"] = xte.astype(np.float32) / np.float32(255.0)
+    mean = splits["train"].mean(axis=(0, 1, 2), dtype=np.float64).astype(np.float32)
+    std = splits["train"].std(axis=(0, 1, 2), dtype=np.float64).astype(np.float32)
+    for x in splits.values():
+        x -= mean
+        x /= std
+    labels = {"train": ytr[train_idx], "val": ytr[val_idx], "test": yte}
+    return splits, labels
+
+
+def test_fmnist_batches_bit_identical_to_the_old_float32_splits(fmnist, fmnist_raw):
+    """Every way a batch is taken (loop indices, batches(), padded evaluation batches, the
+    whole split) gives exactly the float32 values of the old whole-split standardisation."""
+    old, labels = _old_float32_splits(fmnist_raw)
+    for split in ("train", "val", "test"):
+        assert np.array_equal(fmnist.images(split), old[split]), split
+        assert np.array_equal(getattr(fmnist, f"y_{split}"), labels[split]), split
+    for idx in epoch_order(len(fmnist.y_train), 100, 0, 1)[:40]:  # what loop.train_epoch takes
+        assert np.array_equal(fmnist.images("train", idx), old["train"][idx])
+    for i, (xb, yb) in enumerate(batches(fmnist, 1000, seed=0, epochs=1)):
+        idx = epoch_order(len(fmnist.y_train), 1000, 0, 1)[i]
+        assert xb.dtype == np.float32 and np.array_equal(xb, old["train"][idx])
+        assert np.array_equal(yb, labels["train"][idx])
+    got = np.concatenate([xb for xb, _ in batches(fmnist, 999, split="val")])
+    assert np.array_equal(got, old["val"])
+    batched = list(padded_batches(fmnist.x_test, fmnist.y_test, 3000))  # as steps.evaluate
+    assert np.array_equal(np.concatenate([xb for xb, _, _ in batched])[:10000], old["test"])
+    assert not batched[-1][0][1000:].any() and batched[-1][2].sum() == 1000
+
+
+@needs_fmnist
+@pytest.mark.parametrize(
+    "kw", [{"max_train": 12000}, {"seed": 3, "val_fraction": 0.25}, {"val_fraction": 0.0}]
+)
+def test_fmnist_bit_identical_for_other_splits(kw, fmnist_raw):
+    ds = load_dataset("fashion_mnist", download=False, **kw)
+    old, _ = _old_float32_splits(fmnist_raw, **kw)
+    for split in ("train", "val", "test"):
+        assert np.array_equal(ds.images(split), old[split]), (kw, split)
+
+
+def test_standardised_images_behave_like_the_float32_array():
+    rng = np.random.default_rng(0)
+    raw = rng.integers(0, 256, (10, 4, 3, 2), dtype=np.uint8)
+    mean, std = np.array([0.4, 0.6], np.float32), np.array([0.2, 0.3], np.float32)
+    dense = (raw.astype(np.float32) / np.float32(255.0) - mean) / std
+    x = StandardisedImages(raw, mean, std)
+    assert x.shape == dense.shape and x.ndim == 4 and x.dtype == np.float32 and len(x) == 10
+    for index in (3, -1, slice(2, 7), np.array([5, 0, 5]), dense[:, 0, 0, 0] > 0, [1, 2]):
+        assert np.array_equal(x[index], dense[index]), index
+    for index in ((0, 1), (slice(None), 0, 1, 1), (np.array([2, 3]), ..., 1), (..., 0)):
+        assert np.array_equal(x[index], dense[index]), index
+    assert np.array_equal(np.asarray(x), dense) and np.array_equal(x.copy(), dense)
+    assert x.astype(np.float64).dtype == np.float64
+    copy = x.copy()
+    copy[0] = np.nan  # a real array: the stored pixels are untouched
+    assert np.array_equal(x[0], dense[0])
+    with pytest.raises(DataError, match="uint8"):
+        StandardisedImages(dense, mean, std)
+    flat = StandardisedImages(raw.reshape(10, -1), np.float32(0.5), np.float32(0.25))
+    want = (raw.reshape(10, -1).astype(np.float32) / np.float32(255.0) - 0.5) / np.float32(0.25)
+    assert np.array_equal(flat[[1, 2]], want[[1, 2]])
+
+
+def test_training_never_materialises_a_uint8_split(tmp_path, monkeypatch):
+    """train_and_evaluate (loop.train_epoch and steps.evaluate) only takes batches."""
+    from dualprop_jax import train
+    from dualprop_jax.train_config import TrainConfig
+
+    rng = np.random.default_rng(0)
+    path = save_npz(
+        tmp_path / "u8.npz",
+        x_train=rng.integers(0, 256, (300, 6, 6), dtype=np.uint8),
+        y_train=np.arange(300) % 3,
+        x_test=rng.integers(0, 256, (50, 6, 6), dtype=np.uint8),
+        y_test=np.arange(50) % 3,
+    )
+    ds = load_dataset(path, val_fraction=0.2)
+    assert isinstance(ds.x_train, StandardisedImages)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a whole uint8 split was converted to float32")
+
+    monkeypatch.setattr(StandardisedImages, "__array__", refuse)
+    cfg = TrainConfig(dataset=path, widths=(8,), epochs=1, batch_size=50, eval_batch_size=40)
+    results = train.train_and_evaluate(cfg, tmp_path / "run", dataset=ds, plots=False)
+    assert results["num_train"] == 240 and 0.0 <= results["test_accuracy"] <= 1.0
 
 
 def test_fmnist_parser_matches_independent_decode(fmnist):
@@ -335,7 +444,9 @@ def test_npz_uint8_nhw_loads_normalised(tmp_path):
     assert ds.x_test.shape == (30, 8, 8, 1)
     assert ds.num_classes == 4 and ds.augment is False and ds.source == path
     assert ds.y_train.dtype == np.int32 and ds.x_train.dtype == np.float32
-    assert abs(ds.x_train.mean()) < 1e-5 and abs(ds.x_train.std() - 1) < 1e-5
+    assert isinstance(ds.x_train, StandardisedImages) and ds.x_train.raw.dtype == np.uint8
+    standardised = ds.images("train")
+    assert abs(standardised.mean()) < 1e-5 and abs(standardised.std() - 1) < 1e-5
     # With no validation split the train statistics are those of all raw train pixels.
     full = load_dataset(path, val_fraction=0.0)
     train_raw = x_train / 255.0
@@ -357,6 +468,8 @@ def test_npz_rgb_per_channel_and_augment_flag(tmp_path):
     )
     ds = load_dataset(path, val_fraction=0.0)
     assert ds.augment is True and ds.input_shape == (32, 32, 3) and ds.num_classes == 10
+    # float inputs stay plain float32 arrays, standardised once
+    assert type(ds.x_train) is np.ndarray and ds.x_train.dtype == np.float32
     np.testing.assert_allclose(ds.x_train.mean(axis=(0, 1, 2)), 0.0, atol=1e-4)
     np.testing.assert_allclose(ds.x_train.std(axis=(0, 1, 2)), 1.0, atol=1e-4)
     expected = (x_test - x_train.mean(axis=(0, 1, 2))) / x_train.std(axis=(0, 1, 2))
@@ -449,8 +562,8 @@ def test_npz_nonexistent(tmp_path):
     assert path in str(exc.value)
 
 
-@pytest.mark.skipif(HAS_TFDS, reason="checks the message when tensorflow_datasets is absent")
-def test_unknown_name_without_tfds():
+def test_unknown_name_without_tfds(monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)  # import fails: "absent"
     with pytest.raises(DataError) as exc:
         load_dataset("definitely_not_a_dataset")
     msg = str(exc.value)

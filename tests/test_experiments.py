@@ -27,12 +27,11 @@ def test_every_config_file_is_a_valid_train_config(path):
 def test_vgg16_paper_setup_starts_on_generated_cifar_shaped_data(setup, tmp_path):
     classes = VGG_SETUPS[setup]
     rng = np.random.default_rng(0)
-    n_train = 8
     npz = tmp_path / "tiny.npz"
     np.savez(
         npz,
-        x_train=rng.integers(0, 256, (n_train, 32, 32, 3), dtype=np.uint8),
-        y_train=np.r_[np.arange(n_train - 1), classes - 1],  # label C-1 fixes C
+        x_train=rng.integers(0, 256, (classes, 32, 32, 3), dtype=np.uint8),
+        y_train=np.arange(classes),  # every class once: C classes, C outputs
         x_test=rng.integers(0, 256, (4, 32, 32, 3), dtype=np.uint8),
         y_test=np.arange(4) % classes,
     )
@@ -45,6 +44,7 @@ def test_vgg16_paper_setup_starts_on_generated_cifar_shaped_data(setup, tmp_path
         epochs=1,
         warmup_epochs=0,
         val_fraction=0.0,
+        max_train=8,  # 8 of them train: 2 steps
     )
     cfg = train_config.TrainConfig.from_dict(values)
     assert cfg.model == "vgg16" and cfg.augment

@@ -42,9 +42,10 @@ def _worker_env() -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def _workers(out: pathlib.Path, commands: list[list[str]]):
-    """Start one worker per argument list; on leaving, wait for them and fail (killing them
-    all, so nothing hangs) on a timeout or an error."""
+def _workers(out: pathlib.Path, commands: list[list[str]], envs: list[dict] | None = None):
+    """Start one worker per argument list (with ``envs[i]`` added to its environment); on
+    leaving, wait for them and fail (killing them all, so nothing hangs) on a timeout or an
+    error."""
     out.mkdir(parents=True, exist_ok=True)
     procs = []
     try:
@@ -55,7 +56,7 @@ def _workers(out: pathlib.Path, commands: list[list[str]]):
                         [sys.executable, str(WORKER), str(out), *args],
                         stdout=log,
                         stderr=subprocess.STDOUT,
-                        env=_worker_env(),
+                        env=dict(_worker_env(), **(envs[i] if envs else {})),
                     )
                 )
         deadline = time.monotonic() + TIMEOUT_S
@@ -98,12 +99,14 @@ def four_devices(tmp_path_factory, request):
 
 @pytest.fixture(scope="module")
 def two_processes(tmp_path_factory):
-    """Two processes with 2 CPU devices each, joined by jax.distributed on localhost."""
+    """Two processes with 2 CPU devices each, joined by jax.distributed on localhost; process 1
+    keeps gloo's connection lines (DUALPROP_VERBOSE_DISTRIBUTED=1)."""
     out = tmp_path_factory.mktemp("two_processes")
     address = f"127.0.0.1:{_free_port()}"
     common = ["--local-devices", "2", "--coordinator", address, "--num-processes", "2"]
     jobs = ["--job", "steps", "--cases", ",".join(TWO_PROCESS_CASES), "--job", "train"]
-    with _workers(out, [[*common, "--process-id", str(i), *jobs] for i in range(2)]):
+    envs = [{distributed.VERBOSE_ENV: ""}, {distributed.VERBOSE_ENV: "1"}]
+    with _workers(out, [[*common, "--process-id", str(i), *jobs] for i in range(2)], envs):
         pass
     return out
 
@@ -265,3 +268,211 @@ def test_distributed_initialize_after_jax_started_says_so():
     jax.devices()  # JAX has started in this process
     with pytest.raises(distributed.DistributedError, match="before any other JAX call"):
         distributed.initialize("127.0.0.1:1234", 2, 0, local_cpu_devices=2)
+
+
+def test_two_process_output_has_no_gloo_lines_unless_asked(two_processes):
+    """gloo prints "[Gloo] Rank 0 is connected to 3 peer ranks. ..." on stdout whenever it
+    connects processes; distributed.initialize silences it, DUALPROP_VERBOSE_DISTRIBUTED=1
+    (process 1 here) keeps it."""
+    quiet = (two_processes / "worker-0.log").read_text()
+    assert "[Gloo]" not in quiet, quiet[-2000:]
+    verbose = (two_processes / "worker-1.log").read_text()
+    assert "[Gloo] Rank 2 is connected to 3 peer ranks" in verbose, verbose[-2000:]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        (dict(coordinator_address="localhost"), "--coordinator localhost is invalid: use 'host:"),
+        (dict(num_processes=None), "--num-processes is missing: it must be an integer >= 1"),
+        (dict(num_processes=0), "--num-processes 0 is invalid"),
+        (dict(process_id=None), r"--process-id is missing: .* 0\.\.1 \(--num-processes 2\)"),
+        (dict(process_id=2), r"--process-id 2 is invalid: .* 0\.\.1 \(--num-processes 2\)"),
+        (dict(local_cpu_devices=0), "--local-cpu-devices 0 is invalid: it must be an integer"),
+    ],
+)
+def test_distributed_initialize_names_cli_flags(kwargs, match):
+    """With flag_names=CLI_FLAGS (the dualprop command) the errors name the flags."""
+    args = dict(coordinator_address="127.0.0.1:1234", num_processes=2, process_id=0)
+    with pytest.raises(ValueError, match=match) as err:
+        distributed.initialize(**{**args, **kwargs}, flag_names=distributed.CLI_FLAGS)
+    assert "=" not in str(err.value).split(":")[0], "names a Python parameter"
+
+
+def test_distributed_initialize_failure_names_cli_flags():
+    jax.devices()  # JAX has started in this process: joining fails
+    with pytest.raises(distributed.DistributedError) as err:
+        distributed.initialize(
+            "127.0.0.1:1234", 2, 0, local_cpu_devices=2, flag_names=distributed.CLI_FLAGS
+        )
+    assert "same --coordinator and --num-processes and its own --process-id" in str(err.value)
+
+
+def test_lost_process_message_says_what_stopped_and_how_to_resume(tmp_path, monkeypatch):
+    run = dict(
+        process_id=1, num_processes=2, coordinator=f"127.0.0.1:{_free_port()}",
+        heartbeat_timeout_s=30, workdir=tmp_path, resume="--resume",
+    )  # fmt: skip
+    monkeypatch.setattr(distributed, "_run", run)
+    msg = distributed.lost_process_message()  # nothing listens on the coordinator's port
+    assert msg.startswith("dualprop: process 1 of 2 lost contact with the run: process 0 (the")
+    assert f"No checkpoint was written in {tmp_path} yet" in msg
+    (tmp_path / "checkpoints" / "3").mkdir(parents=True)
+    (tmp_path / "checkpoints" / "4.orbax-checkpoint-tmp-1").mkdir()  # unfinished: not counted
+    msg = distributed.lost_process_message()
+    assert f"The last checkpoint (epoch 3) is in {tmp_path / 'checkpoints'}" in msg
+    assert "restart all 2 processes with the same flags plus --resume" in msg
+    monkeypatch.setitem(run, "process_id", 0)
+    monkeypatch.setitem(run, "resume", None)  # the Python API
+    msg = distributed.lost_process_message("Gloo all-reduce failed: Connection reset by peer")
+    assert "process 0 of 2 lost contact with the run: another process stopped (Gloo" in msg
+    assert "train_and_evaluate(..., resume=True)" in msg
+
+
+_DYING = """
+import os, pathlib, sys, jax
+from dualprop_jax import distributed
+distributed._run.update(
+    process_id=0, num_processes=2, coordinator="127.0.0.1:1", heartbeat_timeout_s=30,
+    workdir=pathlib.Path(sys.argv[2]), resume="--resume",
+)
+distributed._install_abort_handler()
+distributed._install_excepthook()
+print("training", flush=True)
+if sys.argv[1] == "abort":
+    os.abort()  # what JAX's client does when the coordination service reports a dead process
+if sys.argv[1] == "exit_now":
+    distributed.exit_now(3)  # an error in this process alone: leave without the exit barrier
+    print("still here")
+raise jax.errors.JaxRuntimeError("UNKNOWN: Gloo all-reduce failed: Connection reset by peer")
+"""
+
+
+@pytest.mark.parametrize("how", ["abort", "gloo_error"])
+def test_a_process_ended_by_a_lost_peer_prints_one_line_and_exits_75(tmp_path, how):
+    """The two ways a survivor learns that a process stopped: JAX's abort (SIGABRT) and a gloo
+    collective that fails in Python. Either way: the lost-contact line, no traceback, status 75."""
+    (tmp_path / "checkpoints" / "2").mkdir(parents=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", _DYING, how, str(tmp_path)],
+        capture_output=True, text=True, timeout=120, env=_worker_env(),
+    )  # fmt: skip
+    assert proc.returncode == distributed.LOST_PROCESS_EXIT_CODE, proc.stderr
+    assert proc.stdout == "training\n"
+    assert "Traceback" not in proc.stderr, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("dualprop: process 0 of 2 lost contact with the run: another"), last
+    if how == "gloo_error":
+        assert "(UNKNOWN: Gloo all-reduce failed: Connection reset by peer)" in last, last
+    assert f"The last checkpoint (epoch 2) is in {tmp_path / 'checkpoints'}" in last, last
+
+
+def test_exit_now_ends_only_a_multi_process_run(tmp_path):
+    assert distributed.exit_now(3) is None  # no run: returns
+    proc = subprocess.run(
+        [sys.executable, "-c", _DYING, "exit_now", str(tmp_path)],
+        capture_output=True, text=True, timeout=120, env=_worker_env(),
+    )  # fmt: skip
+    assert (proc.returncode, proc.stdout, proc.stderr) == (3, "training\n", "")
+
+
+KILL_HEARTBEAT_S = 10
+KILL_RUN = ["--max-train", "3000", "--widths", "128", "--epochs", "3", "--batch-size", "100"]
+
+
+def _start_cli_pair(out: pathlib.Path, workdir: pathlib.Path, tag: str, *extra: str):
+    """Two processes of ``dualprop train`` (through the worker, which joins the run as the
+    command does) on localhost; their combined stdout+stderr go to ``out/<tag>-<i>.log``.
+    They share a persistent compilation cache in ``out``: a second pair compiles nothing."""
+    address = f"127.0.0.1:{_free_port()}"
+    cache = dict(JAX_COMPILATION_CACHE_DIR=str(out / "jax-cache"))
+    env = dict(_worker_env(), **cache, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+    procs = []
+    for i in range(2):
+        args = [
+            "--local-devices", "2", "--coordinator", address, "--num-processes", "2",
+            "--process-id", str(i), "--heartbeat-timeout", str(KILL_HEARTBEAT_S), "--job", "cli",
+            "--", "train", "--workdir", str(workdir), *KILL_RUN, *extra,
+        ]  # fmt: skip
+        with (out / f"{tag}-{i}.log").open("w") as log:
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, str(WORKER), str(out / f"{tag}-{i}"), *args],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env=env,
+                )
+            )
+    return procs
+
+
+def _wait_for(predicate, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout_s} s waiting for {what}")
+        time.sleep(0.1)
+
+
+def test_killed_process_ends_the_other_clearly_and_resume_finishes(tmp_path):
+    """SIGKILL one of two processes in epoch 2 of 3: the survivor exits with status 75 within
+    the heartbeat timeout (10 s here, 30 s by default; JAX alone: a C++ abort and stack trace
+    after ~50 s), its last line names the last checkpoint and --resume, and both processes
+    restarted with --resume finish the run from that checkpoint."""
+    workdir = tmp_path / "run"
+    procs = _start_cli_pair(tmp_path, workdir, "killed")
+    log0 = tmp_path / "killed-0.log"
+    try:
+        _wait_for(lambda: "epoch   1 " in log0.read_text(), 150, "process 0's epoch 1 line")
+        assert procs[1].poll() is None
+        time.sleep(0.5)  # into epoch 2
+        procs[1].kill()
+        killed = time.monotonic()
+        procs[1].wait()
+        try:
+            status = procs[0].wait(timeout=KILL_HEARTBEAT_S + 30)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the survivor still runs 40 s after the kill:\n{log0.read_text()}")
+        took = time.monotonic() - killed
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    text = log0.read_text()
+    last = text.strip().splitlines()[-1]
+    assert status == distributed.LOST_PROCESS_EXIT_CODE, text[-3000:]
+    assert took <= KILL_HEARTBEAT_S + 15, took  # ~0.7-1x the heartbeat timeout, plus load
+    saved = checkpoints.latest_epoch(workdir)
+    assert saved is not None and saved < 3, saved
+    assert last.startswith("dualprop: process 0 of 2 lost contact with the run: another"), last
+    assert f"The last checkpoint (epoch {saved}) is in {workdir / 'checkpoints'}" in last, last
+    assert "restart all 2 processes with the same flags plus --resume" in last, last
+    assert "[Gloo]" not in text, "gloo's connection lines"
+
+    procs = _start_cli_pair(tmp_path, workdir, "resumed", "--resume")
+    try:
+        statuses = [proc.wait(timeout=150) for proc in procs]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    resumed = (tmp_path / "resumed-0.log").read_text()
+    assert statuses == [0, 0], resumed[-3000:] + (tmp_path / "resumed-1.log").read_text()[-3000:]
+    assert f"resuming after epoch {saved}" in resumed
+    results = _results(workdir)
+    assert results["processes"] == 2 and results["epochs"] == 3
+    assert checkpoints.latest_epoch(workdir) == 3
+    assert len((workdir / "metrics.csv").read_text().strip().splitlines()) == 1 + 3
+
+
+def test_pyproject_license_is_an_spdx_expression():
+    """A license table is deprecated by setuptools (PEP 639); the SPDX string needs >= 77."""
+    import tomllib
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    meta = tomllib.loads((root / "pyproject.toml").read_text())
+    assert meta["project"]["license"] == "Apache-2.0"
+    requires = meta["build-system"]["requires"]
+    assert "setuptools>=77" in requires, requires

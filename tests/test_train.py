@@ -222,7 +222,7 @@ def test_resume_with_a_different_config_is_refused(tmp_path, capsys):
         ],
         capsys,
     )
-    assert code == 2 and "differs from the saved run in ['widths']" in err
+    assert code == 2 and "widths: saved [16], given [32]" in err
 
 
 def test_batch_size_larger_than_training_set(tmp_path, capsys):

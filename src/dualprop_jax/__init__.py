@@ -27,7 +27,7 @@ from dualprop_jax.dyads import (
     local_objective,
     s_bar,
 )
-from dualprop_jax.errors import DataError, DivergenceError, TrainingError
+from dualprop_jax.errors import DataError, DivergenceError, TrainingError, TrainingInterrupted
 from dualprop_jax.input_pipeline import augment_batch, batches
 from dualprop_jax.loop import train_epoch
 from dualprop_jax.losses import loss_gradient, per_example_loss
@@ -48,9 +48,10 @@ from dualprop_jax.models import (
     vgg16,
 )
 from dualprop_jax.parallel import make_mesh
+from dualprop_jax.progress import ConsoleProgress
 from dualprop_jax.rules import Backprop, DualProp, Rule
 from dualprop_jax.steps import TrainState, evaluate, make_optimizer, make_train_step
-from dualprop_jax.train import train_and_evaluate
+from dualprop_jax.train import train_and_evaluate, write_plots
 from dualprop_jax.train_config import TrainConfig
 
 __version__ = "0.1.0"
@@ -60,6 +61,7 @@ __all__ = [
     "VGG16",
     "Aux",
     "Backprop",
+    "ConsoleProgress",
     "Conv",
     "DPConfig",
     "DataError",
@@ -74,6 +76,7 @@ __all__ = [
     "TrainConfig",
     "TrainState",
     "TrainingError",
+    "TrainingInterrupted",
     "__version__",
     "alignment",
     "augment_batch",
@@ -106,4 +109,5 @@ __all__ = [
     "vgg",
     "vgg11",
     "vgg16",
+    "write_plots",
 ]

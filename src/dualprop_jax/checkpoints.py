@@ -2,6 +2,9 @@
 
 A checkpoint holds ``state = {"params", "opt_state", "best_params"[, "rule_state"]}`` and
 ``meta`` (the epoch, the history of ``metrics.csv``, the best validation accuracy, timings).
+The latest ``keep`` epochs are kept (``TrainConfig.keep_checkpoints``, default 2). A checkpoint
+that cannot be read (damaged, empty, cut off mid-write) is moved to ``workdir/damaged/`` and
+the run resumes from the newest one that can, with a warning that names both.
 """
 
 from __future__ import annotations
@@ -9,6 +12,9 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import shutil
+import time
+import warnings
 
 import jax
 from flax import nnx
@@ -16,18 +22,19 @@ from flax import nnx
 from dualprop_jax import models
 from dualprop_jax.errors import TrainingError
 from dualprop_jax.steps import build_model, make_optimizer
-from dualprop_jax.train_config import TrainConfig
+from dualprop_jax.train_config import FREE_ON_RESUME, TrainConfig
 
 MAX_TO_KEEP = 2
+"""Default number of checkpoints kept (``TrainConfig.keep_checkpoints``)."""
 
 
-def manager(workdir: pathlib.Path):
-    """The Orbax ``CheckpointManager`` of ``workdir/checkpoints`` (keeps the last 2)."""
+def manager(workdir: pathlib.Path, keep: int = MAX_TO_KEEP):
+    """The Orbax ``CheckpointManager`` of ``workdir/checkpoints``; it keeps the last ``keep``."""
     import orbax.checkpoint as ocp
 
     return ocp.CheckpointManager(
         (pathlib.Path(workdir) / "checkpoints").absolute(),
-        options=ocp.CheckpointManagerOptions(max_to_keep=MAX_TO_KEEP, create=True),
+        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
     )
 
 
@@ -55,13 +62,53 @@ def restore(mgr, epoch: int, target: dict) -> tuple[dict, dict]:
     return out["state"], out["meta"]
 
 
-def latest_epoch(workdir: str | os.PathLike) -> int | None:
-    """The latest saved epoch in ``workdir/checkpoints``, or None."""
+def saved_epochs(workdir: str | os.PathLike) -> list[int]:
+    """The epochs with a checkpoint folder in ``workdir/checkpoints``, newest first."""
     ckpt = pathlib.Path(workdir) / "checkpoints"
     if not ckpt.is_dir():
-        return None
-    steps = [int(p.name) for p in ckpt.iterdir() if p.is_dir() and p.name.isdigit()]
-    return max(steps) if steps else None
+        return []
+    return sorted((int(p.name) for p in ckpt.iterdir() if p.is_dir() and p.name.isdigit()),
+                  reverse=True)  # fmt: skip
+
+
+def latest_epoch(workdir: str | os.PathLike) -> int | None:
+    """The latest saved epoch in ``workdir/checkpoints``, or None."""
+    epochs = saved_epochs(workdir)
+    return epochs[0] if epochs else None
+
+
+def restore_latest(workdir: pathlib.Path, target: dict) -> tuple[int, dict, dict]:
+    """``(epoch, state, meta)`` of the newest checkpoint that can be read.
+
+    Each newer one that cannot is moved to ``workdir/damaged/<epoch>-<time>`` (kept, not
+    deleted) with a warning naming it and the epoch used instead.
+    """
+    epochs = saved_epochs(workdir)
+    for i, epoch in enumerate(epochs):
+        try:
+            state, meta = restore(manager(workdir), epoch, target)
+        except Exception as err:  # any failure to read it means it is damaged
+            moved = _set_aside(workdir, epoch)
+            fallback = f"epoch {epochs[i + 1]}" if i + 1 < len(epochs) else "nothing"
+            warnings.warn(
+                f"the checkpoint of epoch {epoch} in {workdir / 'checkpoints'} cannot be read "
+                f"({type(err).__name__}: {str(err)[:200]}); it was moved to {moved}, and the "
+                f"run resumes from {fallback} instead.",
+                stacklevel=2,
+            )
+            continue
+        return epoch, state, meta
+    raise TrainingError(
+        f"no checkpoint in {workdir / 'checkpoints'} can be read (tried epochs {epochs}; "
+        f"they were moved to {workdir / 'damaged'}). Start a new run in another --workdir."
+    )
+
+
+def _set_aside(workdir: pathlib.Path, epoch: int) -> pathlib.Path:
+    dest = workdir / "damaged" / f"{epoch}-{time.strftime('%Y%m%d-%H%M%S')}"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(str(workdir / "checkpoints" / str(epoch)), dest)
+    return dest
 
 
 def saved_config(workdir: pathlib.Path) -> TrainConfig | None:
@@ -71,29 +118,58 @@ def saved_config(workdir: pathlib.Path) -> TrainConfig | None:
 
 
 def resume_epoch(config: TrainConfig, workdir: pathlib.Path, resume: bool) -> int | None:
-    """The epoch to resume from (None: start afresh), or a :class:`TrainingError`.
+    """The last saved epoch to resume from (None: start afresh), or a :class:`TrainingError`.
 
-    A workdir holding checkpoints is never overwritten: without ``resume`` it is refused, and
-    with it the config must equal the saved one.
+    A workdir holding checkpoints is never overwritten: without ``resume`` it is refused. With
+    ``resume`` the workdir must hold a run, and the config may differ from the saved one only
+    in :data:`~dualprop_jax.train_config.FREE_ON_RESUME` settings and in more ``epochs``.
     """
     saved_epoch = latest_epoch(workdir)
-    if saved_epoch is not None and not resume:
-        raise TrainingError(
-            f"workdir {workdir} already holds checkpoints of a run (up to epoch {saved_epoch}). "
-            "Pass --resume (resume=True) to continue it, or choose another --workdir. "
-            "Nothing was changed."
-        )
-    if saved_epoch is None:
+    if not resume:
+        if saved_epoch is not None:
+            raise TrainingError(
+                f"workdir {workdir} already holds checkpoints of a run (up to epoch "
+                f"{saved_epoch}). Pass --resume (resume=True) to continue it, or choose another "
+                "--workdir. Nothing was changed."
+            )
         return None
-    saved = saved_config(workdir)
-    if saved is not None and saved.to_dict() != config.to_dict():
-        new = config.to_dict()
-        diff = sorted(k for k in new if saved.to_dict().get(k) != new[k])
+    if saved_epoch is None:
+        what = "a config.json but no checkpoint yet" if saved_config(workdir) else "no run"
         raise TrainingError(
-            f"cannot resume {workdir}: the config differs from the saved run in {diff}. "
-            "Resume with the same settings, or start a new --workdir."
+            f"--resume: {workdir} holds {what} (no {workdir / 'checkpoints'}/<epoch>), so there "
+            "is nothing to continue. Check the --workdir path, or drop --resume to start a new "
+            "run there."
         )
+    saved = saved_config(workdir)
+    if saved is not None:
+        check_resumable(saved, config, saved_epoch, workdir)
     return saved_epoch
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def check_resumable(saved: TrainConfig, given: TrainConfig, done: int, workdir) -> None:
+    """Refuse a resume whose config changes the math, listing each field saved vs given."""
+    old, new = _flat(saved.to_dict()), _flat(given.to_dict())
+    free = {*FREE_ON_RESUME, "epochs"}
+    changed = [k for k in sorted(set(old) | set(new)) if k not in free and old.get(k) != new.get(k)]
+    problems = [f"{k}: saved {old.get(k)!r}, given {new.get(k)!r}" for k in changed]
+    if given.epochs < saved.epochs:
+        problems.append(
+            f"epochs: saved {saved.epochs}, given {given.epochs} (a resumed run may go on for "
+            f"more epochs, not fewer; it has done {done})"
+        )
+    if problems:
+        raise TrainingError(
+            f"cannot resume {workdir}: these settings differ from the saved run and would change "
+            "what it computes:\n  " + "\n  ".join(problems) + "\nResume with the saved values, "
+            f"or start a new --workdir. Free to change on resume: {', '.join(sorted(free))}."
+        )
 
 
 def load_checkpoint(workdir: str | os.PathLike, epoch: int | None = None):
@@ -110,7 +186,7 @@ def load_checkpoint(workdir: str | os.PathLike, epoch: int | None = None):
     if latest is None or config is None:
         raise TrainingError(f"{workdir} holds no checkpointed run (checkpoints/, config.json).")
     epoch = latest if epoch is None else epoch
-    mgr = manager(workdir)
+    mgr = manager(workdir, config.keep_checkpoints)
     meta = mgr.restore(epoch, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
     model = build_model(config, meta["input_shape"], meta["num_classes"], nnx.Rngs(config.seed))
     net, params = models.split(model)

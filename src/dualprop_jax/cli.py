@@ -27,11 +27,17 @@ def _ints(text: str) -> tuple[int, ...]:
         ) from None
 
 
+_DEFAULTS = TrainConfig()
+_DEFAULT_RULE = rules.dual_prop()
+
 # flag -> (TrainConfig field, argparse kwargs)
 _FLAGS: dict[str, tuple[str, dict]] = {
     "--dataset": (
         "dataset",
-        dict(help="fashion_mnist, mnist, a TFDS name (cifar10, ...) or a path to an .npz file"),
+        dict(
+            help="fashion_mnist, mnist, a TFDS name (cifar10, ...), the folder of a prepared "
+            "TFDS dataset, or a path to an .npz file"
+        ),
     ),
     "--data-dir": ("data_dir", dict(help="where to look first for dataset files")),
     "--val-fraction": ("val_fraction", dict(type=float, help="held out from train")),
@@ -55,7 +61,11 @@ _FLAGS: dict[str, tuple[str, dict]] = {
         "diagnostics_every",
         dict(type=int, help="steps between rule-vs-BP cosine checks (0 = off)"),
     ),
-    "--devices": ("devices", dict(type=int, help="data-parallel devices (default: all local)")),
+    "--devices": ("devices", dict(type=int, help="data-parallel devices; None: all local")),
+    "--keep-checkpoints": (
+        "keep_checkpoints",
+        dict(type=int, help="how many of the latest epochs' checkpoints to keep"),
+    ),
 }
 
 # flag -> (rule setting, argparse kwargs): they set TrainConfig.rule
@@ -69,13 +79,20 @@ _RULE_FLAGS: dict[str, tuple[str, dict]] = {
 }
 
 
+def _with_default(kwargs: dict, default: object) -> dict:
+    """argparse kwargs whose help shows ``default`` (the value used when the flag is absent;
+    the flag itself defaults to None so that a config file's value can stand)."""
+    shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+    text = kwargs.get("help", "")
+    return {**kwargs, "help": f"{text}{' ' if text else ''}(default: {shown})"}
+
+
 def _train_parser(sub) -> None:
     train = sub.add_parser(
         "train",
         help="train a network with a learning rule (DP, DP⊤ or BP)",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description="Train and evaluate; writes results.json, metrics.csv, curves.png and "
-        "checkpoints to --workdir.",
+        "checkpoints to --workdir. Flags override a --config file, which overrides the defaults.",
     )
     train.add_argument(
         "--config",
@@ -92,12 +109,16 @@ def _train_parser(sub) -> None:
         "--resume", action="store_true", help="continue the run in --workdir from its checkpoint"
     )
     for flag, (field, kwargs) in _FLAGS.items():
-        train.add_argument(flag, dest=field, default=None, **kwargs)
+        default = getattr(_DEFAULTS, field)
+        train.add_argument(flag, dest=field, default=None, **_with_default(kwargs, default))
     rule = train.add_argument_group("learning rule (TrainConfig.rule)")
     rule.add_argument(
-        "--rule", "--algo", dest="rule_name", choices=rules.NAMES, help="default: dp_top"
+        "--rule", "--algo", dest="rule_name", choices=rules.NAMES, help="(default: dp_top)"
     )
     for flag, (setting, kwargs) in _RULE_FLAGS.items():
+        kwargs = _with_default(kwargs, getattr(_DEFAULT_RULE, setting))
+        if "choices" not in kwargs:
+            kwargs["metavar"] = setting.upper()
         rule.add_argument(flag, dest=f"rule_{setting}", default=None, **kwargs)
     rule.add_argument(
         "--fast", dest="rule_fast", action="store_const", const=True, default=None,
@@ -147,10 +168,39 @@ def _bench_parser(sub) -> None:
     p.add_argument("--out", default=None, help="write the result JSON here")
 
 
+def _eval_parser(sub) -> None:
+    p = sub.add_parser(
+        "eval",
+        help="evaluate a saved run without training",
+        description="Evaluate the parameters of a run in --workdir on one split of its data.",
+    )
+    p.add_argument("--workdir", type=pathlib.Path, required=True, help="the run's folder")
+    p.add_argument("--split", choices=("test", "val"), default="test", help="(default: test)")
+    p.add_argument(
+        "--params",
+        choices=("best", "last"),
+        default="best",
+        help="the best-validation epoch's parameters, or the last epoch's (default: best)",
+    )
+    p.add_argument("--data-dir", help="where the data lives now, if it moved")
+
+
+def _version() -> str:
+    import importlib.metadata
+
+    try:
+        version = importlib.metadata.version("dualprop-jax")
+    except importlib.metadata.PackageNotFoundError:  # pragma: no cover (not installed)
+        from dualprop_jax import __version__ as version
+    return f"dualprop {version} (Python {sys.version.split()[0]})"
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dualprop", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", required=True)
     _train_parser(sub)
+    _eval_parser(sub)
     _bench_parser(sub)
     return parser
 
@@ -184,7 +234,15 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     if args.config is not None:
         if not args.config.is_file():
             raise ValueError(f"config file {args.config} does not exist.")
-        values = json.loads(args.config.read_text())
+        try:
+            values = json.loads(args.config.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(
+                f"config file {args.config} is not valid JSON ({e.msg} at line {e.lineno}, "
+                f"column {e.colno}); fix it, or see experiments/configs/ for examples."
+            ) from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise ValueError(f"config file {args.config} cannot be read: {e}.") from None
         if not isinstance(values, dict):
             raise ValueError(f"config file {args.config} must hold a JSON object of fields.")
         values = fold_legacy_rule(values)
@@ -196,131 +254,121 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig.from_dict(values)
 
 
-def _rule_text(rule: rules.Rule) -> str:
-    if isinstance(rule, rules.DualProp):
-        return f"{rule.label} (α={rule.alpha}, β={rule.beta})"
-    return rule.label
-
-
-class _Progress:
-    """tqdm bar per epoch, and one summary line per epoch."""
-
-    def __init__(self) -> None:
-        self.bar = None
-
-    def __call__(self, event: str, info: dict) -> None:
-        if event == "start":
-            self._start(info)
-        elif event == "step":
-            self._step(info)
-        elif event == "epoch":
-            if self.bar is not None:
-                self.bar.close()
-                self.bar = None
-            print(
-                f"epoch {info['epoch']:3d}  train loss {info['train_loss']:.4f} "
-                f"acc {100 * info['train_accuracy']:.2f}%  val loss {info['val_loss']:.4f} "
-                f"acc {100 * info['val_accuracy']:.2f}%  ({info['epoch_time_s']:.1f} s)",
-                flush=True,
-            )
-
-    @staticmethod
-    def _start(info: dict) -> None:
-        cfg, ds = info["config"], info["dataset"]
-        resumed = info["resumed_from_epoch"]
-        print(
-            f"{cfg.model} on {ds.name} ({len(ds.x_train)} train / {len(ds.x_val)} val / "
-            f"{len(ds.x_test)} test, from {ds.source}), {info['num_params']:,} parameters, "
-            f"{_rule_text(cfg.rule)}, {info['devices']} device(s)"
-            + (f", resuming after epoch {resumed}" if resumed else ""),
-            flush=True,
-        )
-
-    def _step(self, info: dict) -> None:
-        from tqdm import tqdm
-
-        if self.bar is None:
-            self.bar = tqdm(
-                total=info["steps"],
-                desc=f"epoch {info['epoch']}",
-                leave=False,
-                dynamic_ncols=True,
-                file=sys.stderr,
-            )
-        self.bar.update(info["step"] - self.bar.n)
-        self.bar.set_postfix(loss=f"{info['loss']:.4f}", acc=f"{100 * info['accuracy']:.2f}%")
-
-
-def _write_plots(workdir: pathlib.Path, title: str) -> None:
-    from dualprop_jax import plots
-
-    history_file, align_file = workdir / "metrics.csv", workdir / "alignment.json"
-    if history_file.exists():
-        import csv
-
-        with history_file.open() as fh:
-            history = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(fh)]
-        plots.plot_curves(history, workdir / "curves.png", title)
-    if align_file.exists():
-        plots.plot_alignment(json.loads(align_file.read_text()), workdir / "alignment.png", title)
-
-
 def _start_processes(args: argparse.Namespace) -> None:
+    given = [
+        flag
+        for flag, value in (
+            ("--num-processes", args.num_processes),
+            ("--process-id", args.process_id),
+            ("--local-cpu-devices", args.local_cpu_devices),
+        )
+        if value is not None
+    ]
+    if given and not args.coordinator:
+        raise ValueError(
+            f"{', '.join(given)} start a multi-process run, which needs --coordinator HOST:PORT "
+            "(process 0's address) and --num-processes and --process-id on every process; "
+            "drop them for a one-process run."
+        )
     if (args.num_processes or 1) > 1 and args.workdir is None:
         raise ValueError(
             "--workdir is required with --num-processes > 1: every process must write to "
             "the same directory, and the default name holds each process's own start time."
         )
-    if args.coordinator or args.num_processes:
-        from dualprop_jax.distributed import initialize
+    if args.coordinator:
+        from dualprop_jax import distributed
 
-        initialize(
+        distributed.initialize(
             args.coordinator,
             args.num_processes,
             args.process_id,
             local_cpu_devices=args.local_cpu_devices,
+            workdir=args.workdir,
+            flag_names=distributed.CLI_FLAGS,
         )
 
 
-def _summary(results: dict) -> str:
-    best = results["best_val_accuracy"]
-    speed = results["steps_per_s"]
-    return (
-        f"test accuracy: {100 * results['test_accuracy']:.2f}%  (best val "
-        f"{100 * (best or 0):.2f}% at epoch {results['best_epoch']}; "
-        f"{results['train_time_s']:.1f} s training" + (f", {speed:.1f} steps/s)" if speed else ")")
-    )
+def _failed(status: int) -> int:
+    """``status`` of a failed run. In a multi-process run this process leaves at once
+    (``distributed.exit_now``): a normal exit would wait up to 300 s in JAX's shutdown barrier
+    for the other processes, which are blocked in a collective waiting for this one."""
+    from dualprop_jax import distributed
+
+    distributed.exit_now(status)
+    return status
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from dualprop_jax.errors import DataError, DivergenceError, TrainingError
+    from dualprop_jax.errors import (
+        DataError,
+        DivergenceError,
+        TrainingError,
+        TrainingInterrupted,
+    )
+    from dualprop_jax.progress import ConsoleProgress
     from dualprop_jax.train import train_and_evaluate
 
+    workdir = args.workdir
     try:
         config = config_from_args(args)
         _start_processes(args)
         import jax
 
-        workdir = args.workdir
         if workdir is None:
             stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-            name = pathlib.Path(config.dataset).stem.replace("/", "_")
+            source = pathlib.Path(config.dataset)
+            versioned = source.is_dir() and source.name[:1].isdigit()  # a TFDS <name>/<version>
+            name = (source.parent.name if versioned else source.stem).replace("/", "_")
             workdir = pathlib.Path("runs") / f"{name}-{config.model}-{config.rule.label}-{stamp}"
-        # one progress bar: process 0 speaks for a multi-process run
-        hook = _Progress() if jax.process_index() == 0 else None
-        results = train_and_evaluate(config, workdir, resume=args.resume, hook=hook)
+        # one progress report: process 0 speaks for a multi-process run
+        hook = ConsoleProgress() if jax.process_index() == 0 else None
+        train_and_evaluate(config, workdir, resume=args.resume, hook=hook)
+    except TrainingInterrupted as e:
+        print(f"dualprop: {e}", file=sys.stderr)
+        return _failed(130)
+    except KeyboardInterrupt:
+        print("dualprop: interrupted before training started; nothing was saved", file=sys.stderr)
+        return _failed(130)
     except DivergenceError as e:
         print(f"dualprop: training diverged: {e}", file=sys.stderr)
-        return 1
+        return _failed(1)
     except (DataError, TrainingError, ValueError) as e:
         print(f"dualprop: error: {e}", file=sys.stderr)
-        return 2
+        return _failed(2)
     if jax.process_index() == 0:
-        _write_plots(
-            pathlib.Path(workdir), f"{config.model} / {config.dataset} / {config.rule.label}"
-        )
-        print(_summary(results))
         print(f"results in {workdir}/results.json, curves in {workdir}/curves.png")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """Evaluate a saved run's parameters on a split of its data, without training."""
+    from dualprop_jax import checkpoints, steps, train
+    from dualprop_jax.errors import DataError, TrainingError
+
+    try:
+        config = checkpoints.saved_config(args.workdir)
+        if config is None or checkpoints.latest_epoch(args.workdir) is None:
+            raise TrainingError(
+                f"{args.workdir} holds no saved run (config.json and checkpoints/); check the "
+                "--workdir path."
+            )
+        if args.data_dir is not None:
+            config = config.replace(data_dir=args.data_dir)
+        net, state, meta = checkpoints.load_checkpoint(args.workdir)
+        params = state["best_params"] if args.params == "best" else state["params"]
+        epoch = meta["best_epoch"] if args.params == "best" else meta["epoch"]
+        ds = train.load_data(config)
+        result = steps.evaluate(
+            net, params, ds, split=args.split, batch_size=config.eval_batch_size, rule=config.rule
+        )
+    except (DataError, TrainingError, ValueError) as e:
+        print(f"dualprop eval: error: {e}", file=sys.stderr)
+        return 2
+    which = "best-validation" if args.params == "best" else "last"
+    print(
+        f"{args.split} accuracy: {100 * result['accuracy']:.2f}%  loss {result['loss']:.4f}  "
+        f"({which} parameters, epoch {epoch}, of {args.workdir})"
+    )
     return 0
 
 
@@ -392,6 +440,8 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as e:
             print(f"dualprop bench: error: {e}", file=sys.stderr)
             return 2
+    if args.command == "eval":
+        return cmd_eval(args)
     return cmd_train(args)
 
 

@@ -17,3 +17,17 @@ class DivergenceError(TrainingError):
 
 class DistributedError(TrainingError):
     """``jax.distributed`` cannot be set up as asked. The message says what to do."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during training. A ``KeyboardInterrupt``, so it stops a notebook cell as usual;
+    ``epoch`` is the last epoch with a checkpoint in ``workdir`` (0: none yet)."""
+
+    def __init__(self, epoch: int, workdir: str) -> None:
+        self.epoch, self.workdir = epoch, workdir
+        where = (
+            f"after epoch {epoch}; continue with --resume (--workdir {workdir})"
+            if epoch
+            else "in the first epoch, before any checkpoint; start again to train"
+        )
+        super().__init__(f"interrupted {where}")

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dualprop_jax.data import Dataset
+from dualprop_jax.data import Dataset, StandardisedImages
 from dualprop_jax.errors import DataError
 
 SPLITS = ("train", "val", "test")
@@ -87,8 +87,12 @@ def step_key(seed: int, global_step: int) -> jax.Array:
     return jax.random.fold_in(jax.random.key(seed), global_step)
 
 
-def split_arrays(dataset: Dataset, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """``(x, y)`` of ``split`` ("train", "val" or "test")."""
+def split_arrays(
+    dataset: Dataset, split: str
+) -> tuple[np.ndarray | StandardisedImages, np.ndarray]:
+    """``(x, y)`` of ``split`` ("train", "val" or "test"). ``x`` is the split as stored: a
+    float32 array, or uint8 :class:`~dualprop_jax.data.StandardisedImages` that standardise
+    the rows they are indexed with (take batches with ``x[idx]`` or :meth:`Dataset.images`)."""
     if split not in SPLITS:
         raise DataError(f"split={split!r} is unknown; choose one of {SPLITS}.")
     return getattr(dataset, f"x_{split}"), getattr(dataset, f"y_{split}")
@@ -111,11 +115,13 @@ def batches(
     ``train_and_evaluate`` trains on. ``augment`` (default: the dataset's own choice, on for
     CIFAR-like images) applies :func:`augment_batch` with the key of each step
     (:func:`step_key`), on the device. Other splits: one pass in order, the last batch partial.
+    Images are standardised float32, taken batch by batch with :meth:`Dataset.images`.
     """
     x, y = split_arrays(dataset, split)
     if split != "train":
         for start in range(0, len(x), batch_size):
-            yield x[start : start + batch_size], y[start : start + batch_size]
+            rows = slice(start, start + batch_size)
+            yield dataset.images(split, rows), y[rows]
         return
     augment = dataset.augment if augment is None else augment
     if augment and x.ndim != 4:
@@ -124,7 +130,7 @@ def batches(
     epoch = first_epoch
     while epochs is None or epoch < first_epoch + epochs:
         for i, idx in enumerate(epoch_order(len(x), batch_size, seed, epoch)):
-            xb = x[idx]
+            xb = dataset.images("train", idx)
             if augment:
                 xb = _augment(step_key(seed, (epoch - 1) * steps + i), xb)
             yield xb, y[idx]
@@ -132,12 +138,15 @@ def batches(
 
 
 def padded_batches(
-    x: np.ndarray, y: np.ndarray, batch_size: int
+    x: np.ndarray | StandardisedImages, y: np.ndarray, batch_size: int
 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Fixed-size evaluation batches ``(x, y, mask)``: the last one zero-padded, ``mask`` False
-    on the padding (one compiled evaluation step serves every batch)."""
+    on the padding (one compiled evaluation step serves every batch). ``x`` may be any
+    sliceable array; :class:`~dualprop_jax.data.StandardisedImages` are standardised one batch
+    at a time."""
     for start in range(0, len(x), batch_size):
-        xb, yb = x[start : start + batch_size], y[start : start + batch_size]
+        xb = np.asarray(x[start : start + batch_size])
+        yb = np.asarray(y[start : start + batch_size])
         pad = batch_size - len(xb)
         mask = np.arange(batch_size) < len(xb)
         if pad:

@@ -65,7 +65,7 @@ def train_epoch(
     t0 = t_first = time.perf_counter()
     for i, idx in enumerate(order):
         global_step = (epoch - 1) * len(order) + i
-        x = par.global_array(dataset.x_train[idx], sharding)
+        x = par.global_array(dataset.images("train", idx), sharding)  # standardised per batch
         y = par.global_array(dataset.y_train[idx], sharding)
         key = step_key(seed, global_step) if step.augment else None
         state, metrics = step(state, x, y, key)

@@ -162,7 +162,8 @@ def evaluate(
     eval_step = make_eval_step(net, rule.loss, rule.dtype, mesh)
     sharding = par.batch_sharding(mesh)
     total_loss, total_correct = 0.0, 0
-    for xb, yb, mask in padded_batches(np.asarray(x), np.asarray(y), batch_size):
+    # x stays as stored: uint8 StandardisedImages are standardised batch by batch
+    for xb, yb, mask in padded_batches(x, np.asarray(y), batch_size):
         loss, correct = eval_step(params, *(par.global_array(a, sharding) for a in (xb, yb, mask)))
         total_loss += float(loss)
         total_correct += int(correct)
@@ -211,15 +212,7 @@ def make_optimizer(config: TrainConfig, steps_per_epoch: int) -> optax.GradientT
     Decoupled weight decay: u = -η_t (m_t + λ θ), momentum m_t over the gradients only.
     Cosine follows optax semantics: ``decay_steps`` counts the warm-up steps too.
     """
-    total = config.epochs * steps_per_epoch
-    lr: float | optax.Schedule = config.learning_rate
-    if config.lr_schedule == "cosine":
-        lr = optax.warmup_cosine_decay_schedule(
-            init_value=0.0,
-            peak_value=config.learning_rate,
-            warmup_steps=int(config.warmup_epochs * steps_per_epoch),
-            decay_steps=total,
-        )
+    lr = learning_rate_schedule(config, steps_per_epoch)
     if config.optimizer == "adam":
         return (
             optax.adamw(lr, weight_decay=config.weight_decay)
@@ -230,4 +223,18 @@ def make_optimizer(config: TrainConfig, steps_per_epoch: int) -> optax.GradientT
         optax.trace(decay=config.momentum),
         optax.add_decayed_weights(config.weight_decay),
         optax.scale_by_learning_rate(lr),
+    )
+
+
+def learning_rate_schedule(config: TrainConfig, steps_per_epoch: int) -> float | optax.Schedule:
+    """η_t: ``config.learning_rate``, or with ``lr_schedule="cosine"`` a linear warm-up from 0
+    over W = ``warmup_epochs``·steps steps, then η_peak · ½(1 + cos(π (t - W) / (T - W))) down
+    to 0 at T = ``epochs``·steps (optax's ``warmup_cosine_decay_schedule``)."""
+    if config.lr_schedule != "cosine":
+        return config.learning_rate
+    return optax.warmup_cosine_decay_schedule(
+        init_value=0.0,
+        peak_value=config.learning_rate,
+        warmup_steps=round(config.warmup_epochs * steps_per_epoch),
+        decay_steps=config.epochs * steps_per_epoch,
     )

@@ -28,15 +28,17 @@ from flax import nnx
 from dualprop_jax import checkpoints, models
 from dualprop_jax import data as data_lib
 from dualprop_jax import parallel as par
-from dualprop_jax.errors import DivergenceError
+from dualprop_jax.errors import DivergenceError, TrainingError, TrainingInterrupted
 from dualprop_jax.input_pipeline import check_batch_size
 from dualprop_jax.loop import EpochResult, train_epoch
+from dualprop_jax.rules import DualProp
 from dualprop_jax.steps import (
     TrainState,
     TrainStep,
     alignment_fn,
     build_model,
     evaluate,
+    learning_rate_schedule,
     make_optimizer,
     make_train_step,
 )
@@ -54,54 +56,105 @@ def train_and_evaluate(
     hook: Hook | None = None,
     dataset: data_lib.Dataset | None = None,
     log_every: int = 20,
+    plots: bool = True,
 ) -> dict:
     """Train ``config.model`` with ``config.rule`` and leave a complete run in ``workdir``.
 
-    Returns the results dict (also written to ``results.json``). The best-validation parameters
-    are evaluated on the test split. ``resume=True`` continues from the latest checkpoint
-    exactly (same data order and augmentation keys); without it, a workdir that holds
-    checkpoints is refused, never overwritten. A NaN/Inf loss raises :class:`DivergenceError`
-    and keeps the last good checkpoint.
+    Returns the results dict (also written to ``results.json``); with ``plots``, also writes
+    ``curves.png`` (and ``alignment.png`` with diagnostics). The best-validation parameters
+    are tested. ``resume=True`` continues from the latest readable checkpoint exactly (same
+    data order and augmentation keys); without it, a workdir holding checkpoints is refused,
+    never overwritten. ``hook(event, info)`` receives progress (``ConsoleProgress`` prints
+    it). A NaN/Inf loss raises :class:`DivergenceError`, Ctrl-C :class:`TrainingInterrupted`;
+    both keep the last checkpoint.
     """
     emit = hook or (lambda event, info: None)
-    workdir = pathlib.Path(workdir)
-    saved_epoch = checkpoints.resume_epoch(config, workdir, resume)
+    saved_epoch = checkpoints.resume_epoch(config, pathlib.Path(workdir), resume)
+    workdir = _usable_workdir(workdir)
     ds = dataset if dataset is not None else load_data(config)
     run = build_run(config, ds)
-    workdir.mkdir(parents=True, exist_ok=True)
+    _usable_workdir(workdir, create=True)
+    state, best, meta = run.start(workdir, saved_epoch, ds)
     if jax.process_index() == 0:
         _write_json(workdir / "config.json", config.to_dict())
-    mgr = checkpoints.manager(workdir)
-    state, best, meta = run.start(mgr, saved_epoch, ds)
+    mgr = checkpoints.manager(workdir, config.keep_checkpoints)
     emit("start", run.start_info(ds, state, meta))
 
-    for epoch in range(meta["epoch"] + 1, config.epochs + 1):
-        try:
-            result = train_epoch(
-                run.step, state, ds, batch_size=config.batch_size, epoch=epoch,
-                seed=config.seed, mesh=run.mesh, log_every=log_every, diagnostics=run.diagnostics,
-                on_progress=lambda info: emit("step", info),
-            )  # fmt: skip
-        except DivergenceError as e:
-            raise DivergenceError(
-                f"{e} The last good checkpoint (epoch {meta['epoch']}) is kept in "
-                f"{workdir / 'checkpoints'}. Lower --lr or --beta, or try --rule dp_top "
-                "(DP with asymmetric α can be unstable)."
-            ) from None
-        state = result.state
-        val = run.evaluate(state.params, ds, "val")
-        if _record_epoch(meta, epoch, result, val, has_val=len(ds.x_val) > 0):
-            best = jax.tree.map(jnp.copy, state.params)  # the step donates its input state
-        checkpoints.save(mgr, epoch, _checkpoint(state, best), meta)
-        _write_history(workdir, meta)
-        emit("epoch", dict(meta["history"][-1], best_val_accuracy=meta["best_val_accuracy"]))
+    try:
+        for epoch in range(meta["epoch"] + 1, config.epochs + 1):
+            emit("epoch_start", {"epoch": epoch, "steps": len(ds.x_train) // config.batch_size})
+            try:
+                result = train_epoch(
+                    run.step, state, ds, batch_size=config.batch_size, epoch=epoch,
+                    seed=config.seed, mesh=run.mesh, log_every=log_every,
+                    diagnostics=run.diagnostics, on_progress=lambda info: emit("step", info),
+                )  # fmt: skip
+            except DivergenceError as e:
+                raise DivergenceError(_divergence_advice(str(e), config, meta, workdir)) from None
+            state = result.state
+            val = run.evaluate(state.params, ds, "val")
+            if _record_epoch(meta, epoch, result, val, has_val=len(ds.x_val) > 0):
+                best = jax.tree.map(jnp.copy, state.params)  # the step donates its input state
+            checkpoints.save(mgr, epoch, _checkpoint(state, best), meta)
+            _write_history(workdir, meta)
+            emit("epoch", dict(meta["history"][-1], best_val_accuracy=meta["best_val_accuracy"]))
+        test = run.evaluate(best, ds, "test")
+    except KeyboardInterrupt:
+        raise TrainingInterrupted(meta["epoch"], str(workdir)) from None
 
-    test = run.evaluate(best, ds, "test")
     results = _results(config, meta, test, ds, run.mesh)
     if jax.process_index() == 0:
         _write_json(workdir / "results.json", results)
+        if plots:
+            write_plots(workdir, results)
     emit("end", results)
     return results
+
+
+def _usable_workdir(workdir: str | os.PathLike, create: bool = False) -> pathlib.Path:
+    """``workdir`` as a Path if it is (or can become) a writable folder, else a
+    :class:`TrainingError` saying why. With ``create``, it is created."""
+    workdir = pathlib.Path(workdir)
+    if workdir.exists() and not workdir.is_dir():
+        raise TrainingError(
+            f"--workdir {workdir} is a file, not a folder; choose another path (nothing was "
+            "changed)."
+        )
+    existing = next(p for p in (workdir, *workdir.absolute().parents) if p.exists())
+    why = None
+    if not existing.is_dir():
+        why = f"{existing} is a file"
+    elif not os.access(existing, os.W_OK | os.X_OK):
+        why = f"no permission to write in {existing}"
+    if why is None and create:
+        try:
+            workdir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            why = e.strerror or str(e)
+    if why is not None:
+        raise TrainingError(
+            f"--workdir {workdir} cannot be written ({why}); choose a folder you can write to, "
+            "or fix its permissions."
+        )
+    return workdir
+
+
+def _divergence_advice(what: str, config: TrainConfig, meta: dict, workdir) -> str:
+    """The divergence message: where the last good state is, and changes worth trying."""
+    kept = (
+        f"The last good checkpoint (epoch {meta['epoch']}) is kept in {workdir / 'checkpoints'}."
+        if meta["epoch"]
+        else "No checkpoint was written: it diverged in its first epoch."
+    )
+    tips = [f"a lower --lr than {config.learning_rate:g}"]
+    rule = config.rule
+    if isinstance(rule, DualProp):
+        tips.append(f"a smaller --beta than {rule.beta:g}")
+        if rule.variant == "dp" and rule.alpha != 0.5:
+            tips.append("--alpha 0.5 or --rule dp_top (DP with asymmetric α can be unstable)")
+    if config.lr_schedule == "constant" or not config.warmup_epochs:
+        tips.append("a learning-rate warm-up (--lr-schedule cosine --warmup-epochs 1)")
+    return f"{what} {kept} Try {'; or '.join(tips)}."
 
 
 def load_data(config: TrainConfig) -> data_lib.Dataset:
@@ -133,22 +186,19 @@ class Run:
             rule=self.config.rule, mesh=self.mesh,
         )  # fmt: skip
 
-    def start(self, mgr, saved_epoch: int | None, ds: data_lib.Dataset):
-        """``(state, best_params, meta)``: fresh, or restored from ``saved_epoch``."""
-        state = TrainState.create(
-            self.net, self.params, self.config.rule, self.optimizer, self.mesh
-        )
-        meta = _fresh_meta(ds)
+    def start(self, workdir: pathlib.Path, saved_epoch: int | None, ds: data_lib.Dataset):
+        """``(state, best_params, meta)``: fresh, or restored from the newest readable
+        checkpoint (``saved_epoch`` or, if that one is damaged, an earlier one)."""
+        rule, mesh = self.config.rule, self.mesh
+        state = TrainState.create(self.net, self.params, rule, self.optimizer, mesh)
         if saved_epoch is None:
-            return state, jax.tree.map(jnp.copy, state.params), meta
-        saved, meta = checkpoints.restore(mgr, saved_epoch, _checkpoint(state, state.params))
+            return state, jax.tree.map(jnp.copy, state.params), _fresh_meta(ds)
+        _, saved, meta = checkpoints.restore_latest(workdir, _checkpoint(state, state.params))
         saved = par.put_replicated(saved, self.mesh)
+        _record_extension(meta, checkpoints.saved_config(workdir), self.config, ds)
         rule_state = saved.get("rule_state", state.rule_state)
-        return (
-            TrainState(saved["params"], saved["opt_state"], rule_state),
-            saved["best_params"],
-            meta,
-        )
+        state = TrainState(saved["params"], saved["opt_state"], rule_state)
+        return state, saved["best_params"], meta
 
     def start_info(self, ds: data_lib.Dataset, state: TrainState, meta: dict) -> dict:
         return {
@@ -177,6 +227,34 @@ def build_run(config: TrainConfig, ds: data_lib.Dataset) -> Run:
     if config.diagnostics_every:
         diagnostics = (alignment_fn(net, config.rule), config.diagnostics_every)
     return Run(config, mesh, net, params, optimizer, step, diagnostics)
+
+
+def _record_extension(meta: dict, saved: TrainConfig | None, config: TrainConfig, ds) -> None:
+    """Note in ``meta`` (and so in ``results.json``) a resume that raised ``epochs``.
+
+    The learning-rate schedule is rebuilt for the new number of epochs: a constant rate stays
+    as it was; a cosine decay is stretched to end at the new last step, so from the resume step
+    on the rate follows the longer cosine and jumps up at that step.
+    """
+    if saved is None or config.epochs <= saved.epochs:
+        return
+    steps = len(ds.x_train) // config.batch_size
+    step = meta["epoch"] * steps
+
+    def rate(c: TrainConfig) -> float:
+        schedule = learning_rate_schedule(c, steps)
+        return float(schedule(step)) if callable(schedule) else float(schedule)
+
+    meta.setdefault("extensions", []).append(
+        {
+            "at_epoch": meta["epoch"],
+            "from_epochs": saved.epochs,
+            "to_epochs": config.epochs,
+            "lr_schedule": config.lr_schedule,
+            "lr_at_resume_before": rate(saved),
+            "lr_at_resume_after": rate(config),
+        }
+    )
 
 
 def _fresh_meta(ds: data_lib.Dataset) -> dict:
@@ -235,6 +313,9 @@ def _results(config: TrainConfig, meta: dict, test: dict, ds: data_lib.Dataset, 
         "seed": config.seed,
         "best_val_accuracy": meta["best_val_accuracy"],
         "best_epoch": meta["best_epoch"],
+        "tested_epoch": meta["best_epoch"],
+        "tested_params": "best validation epoch" if len(ds.x_val) else "last epoch (no val set)",
+        "epoch_extensions": meta.get("extensions", []),
         "test_accuracy": test["accuracy"],
         "test_loss": test["loss"],
         "train_time_s": meta["train_time_s"],
@@ -248,6 +329,29 @@ def _results(config: TrainConfig, meta: dict, test: dict, ds: data_lib.Dataset, 
         "dataset_source": ds.source,
         "config": config.to_dict(),
     }
+
+
+def write_plots(workdir: str | os.PathLike, results: dict | None = None) -> None:
+    """``curves.png`` from ``metrics.csv`` (the test accuracy marked when ``results`` are
+    given) and ``alignment.png`` from ``alignment.json``, where those files exist."""
+    from dualprop_jax import plots
+
+    workdir = pathlib.Path(workdir)
+    config = checkpoints.saved_config(workdir)
+    title = f"{config.model} / {config.dataset} / {config.rule.label}" if config else ""
+    history_file, align_file = workdir / "metrics.csv", workdir / "alignment.json"
+    if history_file.exists():
+        with history_file.open() as fh:
+            history = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(fh)]
+        for row in history:
+            row["epoch"] = int(row["epoch"])
+        results = results or {}
+        plots.plot_curves(
+            history, workdir / "curves.png", title,
+            test_accuracy=results.get("test_accuracy"), tested_epoch=results.get("tested_epoch"),
+        )  # fmt: skip
+    if align_file.exists():
+        plots.plot_alignment(json.loads(align_file.read_text()), workdir / "alignment.png", title)
 
 
 def _write_history(workdir: pathlib.Path, meta: dict) -> None:

@@ -17,6 +17,10 @@ MODELS = ("mlp", "cnn", "vgg11", "vgg16")
 OPTIMIZERS = ("adam", "sgd")
 LR_SCHEDULES = ("constant", "cosine")
 
+# Fields that may differ when a run is resumed: they change where and how a run goes, not the
+# numbers it computes. ``epochs`` may be raised too (see ``checkpoints.check_resumable``).
+FREE_ON_RESUME = ("data_dir", "eval_batch_size", "diagnostics_every", "devices", "keep_checkpoints")
+
 # Flat rule fields of configs written before the rule was one field (config.json of old runs).
 _LEGACY_RULE_KEYS = ("algo", "alpha", "beta", "loss", "passes", "schedule", "dtype", "fast")
 
@@ -60,6 +64,7 @@ class TrainConfig:
     augment: bool | None = None  # None: the dataset's default (on for CIFAR-like data)
     diagnostics_every: int = 0  # steps between rule-vs-BP alignment checks; 0 = off
     devices: int | None = None  # None: all local devices
+    keep_checkpoints: int = 2  # checkpoints kept in workdir/checkpoints (the latest epochs)
 
     def __post_init__(self) -> None:
         for name in ("widths", "channels", "dense"):
@@ -85,7 +90,7 @@ class TrainConfig:
                 raise _bad(name, getattr(self, name), f"one of {allowed}")
 
     def _check_numbers(self) -> None:
-        for name in ("batch_size", "eval_batch_size", "epochs"):
+        for name in ("batch_size", "eval_batch_size", "epochs", "keep_checkpoints"):
             if not _positive_int(getattr(self, name)):
                 raise _bad(name, getattr(self, name), "a positive integer")
         if not _finite(self.learning_rate, 0) or self.learning_rate <= 0:

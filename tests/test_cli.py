@@ -1,0 +1,386 @@
+"""Hardening of a run and of the command: resume a user can live with, one-line messages for a
+user's mistakes that lose nothing, true messages, the ``dualprop`` command, readable plots.
+
+Real data: a Fashion-MNIST subset saved as an ``.npz`` (the ``--dataset file.npz`` route).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import chex
+import numpy as np
+import pytest
+
+import dualprop_jax as dp
+from dualprop_jax import checkpoints, cli, plots, progress, rules
+from dualprop_jax.train_config import TrainConfig
+
+
+@pytest.fixture(scope="module")
+def fmnist_npz(fmnist_raw, tmp_path_factory):
+    """600 training and 200 test images of Fashion-MNIST as an npz file."""
+    xtr, ytr, xte, yte = fmnist_raw
+    path = tmp_path_factory.mktemp("data") / "fmnist_small.npz"
+    np.savez(path, x_train=xtr[:600], y_train=ytr[:600], x_test=xte[:200], y_test=yte[:200])
+    return path
+
+
+def _args(npz, workdir, *extra):
+    return ["train", "--dataset", str(npz), "--widths", "32", "--batch-size", "100",
+            "--workdir", str(workdir), "--seed", "1", *extra]  # fmt: skip
+
+
+def _run(args, capsys):
+    code = cli.main(args)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def _files(workdir: pathlib.Path) -> dict[str, float]:
+    """Every file under ``workdir`` with its modification time: what 'nothing lost' compares."""
+    return {str(p.relative_to(workdir)): p.stat().st_mtime_ns for p in workdir.rglob("*")}
+
+
+# ------------------------------------------------------------------------------ 1. resume
+
+
+def test_resume_on_another_machine_with_more_epochs_equals_a_straight_run(
+    fmnist_npz, tmp_path, capsys
+):
+    """Settings that do not change the math may differ; --epochs may be raised. Oracle: with a
+    constant learning rate, 1 epoch + resume to 3 equals 3 epochs straight, bit for bit."""
+    first = tmp_path / "resumed"
+    assert cli.main(_args(fmnist_npz, first, "--epochs", "1")) == 0
+    more = ["--epochs", "3", "--devices", "1", "--eval-batch-size", "64", "--keep-checkpoints",
+            "3", "--diagnostics-every", "5", "--data-dir", str(tmp_path)]  # fmt: skip
+    code, out, err = _run([*_args(fmnist_npz, first, *more), "--resume"], capsys)
+    assert code == 0, err
+    assert "resuming after epoch 1" in out
+    straight = tmp_path / "straight"
+    assert cli.main(_args(fmnist_npz, straight, "--epochs", "3")) == 0
+    _, a, _ = checkpoints.load_checkpoint(first)
+    _, b, _ = checkpoints.load_checkpoint(straight)
+    chex.assert_trees_all_equal(a["params"], b["params"])
+    results = json.loads((first / "results.json").read_text())
+    (ext,) = results["epoch_extensions"]
+    assert ext["at_epoch"] == 1 and ext["from_epochs"] == 1 and ext["to_epochs"] == 3
+    assert ext["lr_at_resume_before"] == ext["lr_at_resume_after"] == 1e-3  # constant rate
+    assert checkpoints.saved_epochs(first) == [3, 2, 1]  # --keep-checkpoints 3 took effect
+
+
+def test_resume_records_what_a_longer_cosine_schedule_does(fmnist_npz, tmp_path):
+    """Oracle: the cosine formula η·½(1 + cos(π t / T)) at the resume step t, for the saved
+    and for the raised number of epochs."""
+    w = tmp_path / "cos"
+    base = ["--lr-schedule", "cosine", "--lr", "0.002"]
+    assert cli.main(_args(fmnist_npz, w, *base, "--epochs", "2")) == 0
+    assert cli.main([*_args(fmnist_npz, w, *base, "--epochs", "4"), "--resume"]) == 0
+    (ext,) = json.loads((w / "results.json").read_text())["epoch_extensions"]
+    steps = 540 // 100  # 10% of 600 held out for validation
+    t = 2 * steps
+    assert ext["lr_at_resume_before"] == pytest.approx(0.002 * 0.5 * (1 + math.cos(math.pi)))
+    expected_after = 0.002 * 0.5 * (1 + math.cos(math.pi * t / (4 * steps)))
+    assert ext["lr_at_resume_after"] == pytest.approx(expected_after, rel=1e-6)
+
+
+def test_resume_that_changes_the_math_lists_each_field(fmnist_npz, tmp_path, capsys):
+    w = tmp_path / "run"
+    assert cli.main(_args(fmnist_npz, w, "--epochs", "1")) == 0
+    before = _files(w)
+    code, _, err = _run(
+        [*_args(fmnist_npz, w, "--epochs", "1", "--lr", "0.1", "--beta", "0.5"), "--resume"],
+        capsys,
+    )
+    assert code == 2
+    assert "learning_rate: saved 0.001, given 0.1" in err
+    assert "rule.beta: saved 0.01, given 0.5" in err
+    assert _files(w) == before  # nothing was touched
+
+
+def test_resume_with_fewer_epochs_is_refused(fmnist_npz, tmp_path, capsys):
+    w = tmp_path / "run"
+    assert cli.main(_args(fmnist_npz, w, "--epochs", "2")) == 0
+    code, _, err = _run([*_args(fmnist_npz, w, "--epochs", "1"), "--resume"], capsys)
+    assert code == 2 and "epochs: saved 2, given 1" in err
+
+
+def test_resume_of_a_folder_without_a_run_is_an_error(fmnist_npz, tmp_path, capsys):
+    missing = tmp_path / "mistyped"
+    code, _, err = _run([*_args(fmnist_npz, missing, "--epochs", "1"), "--resume"], capsys)
+    assert code == 2 and "holds no run" in err and "drop --resume" in err
+    assert not missing.exists()  # a mistyped path does not start a new run
+
+
+def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(fmnist_npz, tmp_path, capsys):
+    """Oracle: resuming from the good epoch 1 (constant rate) ends where a straight run ends."""
+    w = tmp_path / "run"
+    assert cli.main(_args(fmnist_npz, w, "--epochs", "2")) == 0
+    for f in (w / "checkpoints" / "2").rglob("*"):
+        if f.is_file():
+            f.write_bytes(b"")  # every file of the latest checkpoint emptied
+    with pytest.warns(UserWarning, match=r"epoch 2 .*cannot be read.*resumes from epoch 1"):
+        code, out, err = _run([*_args(fmnist_npz, w, "--epochs", "3"), "--resume"], capsys)
+    assert code == 0, err
+    assert "resuming after epoch 1" in out
+    assert any((w / "damaged").iterdir())  # set aside, not deleted
+    straight = tmp_path / "straight"
+    assert cli.main(_args(fmnist_npz, straight, "--epochs", "3")) == 0
+    chex.assert_trees_all_equal(
+        checkpoints.load_checkpoint(w)[1]["params"],
+        checkpoints.load_checkpoint(straight)[1]["params"],
+    )
+
+
+# ------------------------------------------------------------ 2. no traceback, nothing lost
+
+
+def test_workdir_that_is_a_file_or_cannot_be_written(fmnist_npz, tmp_path, capsys):
+    afile = tmp_path / "notes.txt"
+    afile.write_text("my notes")
+    code, _, err = _run(_args(fmnist_npz, afile, "--epochs", "1"), capsys)
+    assert code == 2 and "is a file, not a folder" in err and err.count("\n") == 1
+    assert afile.read_text() == "my notes"
+    code, _, err = _run(_args(fmnist_npz, afile / "run", "--epochs", "1"), capsys)
+    assert code == 2 and "cannot be written" in err and err.count("\n") == 1
+
+
+def test_config_that_is_not_json(tmp_path, capsys):
+    bad = tmp_path / "setup.json"
+    bad.write_text("{'epochs': 3,}")
+    code, _, err = _run(["train", "--config", str(bad)], capsys)
+    assert code == 2 and str(bad) in err and "not valid JSON" in err and err.count("\n") == 1
+
+
+def test_ctrl_c_stops_with_130_and_the_run_resumes(fmnist_npz, tmp_path):
+    w = tmp_path / "run"
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    args = _args(fmnist_npz, w, "--epochs", "20")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dualprop_jax.cli", *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None:
+            if (checkpoints.latest_epoch(w) or 0) >= 1:
+                break
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err[-2000:]
+    epoch = checkpoints.latest_epoch(w)
+    assert f"interrupted after epoch {epoch}; continue with --resume" in err
+    assert "Traceback" not in err
+    meta = checkpoints.load_checkpoint(w)[2]  # the last checkpoint is intact
+    assert meta["epoch"] == epoch
+    assert epoch < 20, "the run finished before it could be interrupted"
+    assert cli.main([*args, "--resume"]) == 0
+    assert checkpoints.load_checkpoint(w)[2]["epoch"] == 20
+
+
+# --------------------------------------------------------------------- 3. true messages
+
+
+def test_divergence_in_the_first_epoch_names_no_checkpoint(fmnist_npz, tmp_path, capsys):
+    code, _, err = _run(_args(fmnist_npz, tmp_path / "r", "--epochs", "1", "--lr", "1e30",
+                              "--optimizer", "sgd", "--momentum", "0"), capsys)  # fmt: skip
+    assert code == 1
+    assert "No checkpoint was written" in err and "epoch 0" not in err
+    assert "--rule dp_top" not in err  # the run already uses DP⊤
+    assert "lower --lr than 1e+30" in err
+
+
+def test_no_validation_set_prints_no_val_and_says_which_params_were_tested(
+    fmnist_npz, tmp_path, capsys
+):
+    code, out, err = _run(_args(fmnist_npz, tmp_path / "r", "--epochs", "2",
+                                "--val-fraction", "0"), capsys)  # fmt: skip
+    assert code == 0, err
+    assert "nan" not in out and "val" not in out.split("test accuracy")[0].split("\n", 1)[1]
+    assert "best val" not in out
+    assert "parameters of the last epoch, 2 (no validation set)" in out
+    results = json.loads((tmp_path / "r" / "results.json").read_text())
+    assert results["tested_epoch"] == 2 and results["best_val_accuracy"] is None
+
+
+def test_one_step_per_epoch_finishes_with_a_summary(fmnist_npz, tmp_path, capsys):
+    code, out, err = _run(_args(fmnist_npz, tmp_path / "r", "--epochs", "1",
+                                "--batch-size", "540"), capsys)  # fmt: skip
+    assert code == 0, err
+    assert "test accuracy:" in out and "steps/s" not in out
+
+
+def test_multi_process_flags_without_coordinator_name_the_flags(tmp_path, capsys):
+    code, _, err = _run(["train", "--num-processes", "2", "--process-id", "0",
+                         "--workdir", str(tmp_path)], capsys)  # fmt: skip
+    assert code == 2
+    assert "--num-processes, --process-id" in err and "--coordinator" in err
+    assert "num_processes=" not in err
+
+
+# ------------------------------------------------------------------------- 4. the command
+
+
+def test_help_shows_the_real_defaults(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split()).split("options:", 1)[1]
+    defaults = TrainConfig()
+    for flag, (field, _) in cli._FLAGS.items():
+        value = getattr(defaults, field)
+        shown = ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+        assert f"(default: {shown})" in text.split(flag, 1)[1][:300], flag
+    assert "--beta BETA nudging strength β > 0 (dp, dp_top) (default: 0.01)" in text
+
+
+def test_version(capsys):
+    import importlib.metadata
+
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["--version"])
+    assert stop.value.code == 0
+    assert importlib.metadata.version("dualprop-jax") in capsys.readouterr().out
+
+
+def test_eval_of_a_saved_run_repeats_its_test_and_val_accuracy(fmnist_npz, tmp_path, capsys):
+    """Oracle: the accuracies train_and_evaluate recorded for the best-validation parameters."""
+    w = tmp_path / "run"
+    assert cli.main(_args(fmnist_npz, w, "--epochs", "2")) == 0
+    results = json.loads((w / "results.json").read_text())
+    capsys.readouterr()
+    code, out, _ = _run(["eval", "--workdir", str(w)], capsys)
+    assert code == 0 and f"test accuracy: {100 * results['test_accuracy']:.2f}%" in out
+    code, out, _ = _run(["eval", "--workdir", str(w), "--split", "val"], capsys)
+    assert code == 0 and f"val accuracy: {100 * results['best_val_accuracy']:.2f}%" in out
+    code, _, err = _run(["eval", "--workdir", str(tmp_path / "nothing")], capsys)
+    assert code == 2 and "holds no saved run" in err
+
+
+def test_progress_shows_the_rule_as_configured():
+    assert progress.describe_rule(rules.dual_prop(variant="dp", fast=True)) == (
+        "dp+fast (α=0.5, β=0.01)"
+    )
+    assert (
+        progress.describe_rule(rules.dual_prop(passes=3, schedule="bottom_up", dtype="bfloat16"))
+        == "dp_top (α=0.5, β=0.01, 3 bottom_up passes, bfloat16)"
+    )
+    assert progress.describe_rule(rules.backprop()) == "bp"
+
+
+def test_progress_to_a_pipe_is_one_line_per_epoch(fmnist_npz, tmp_path):
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    args = _args(fmnist_npz, tmp_path / "r", "--epochs", "2", "--fast")
+    proc = subprocess.run([sys.executable, "-m", "dualprop_jax.cli", *args], env=env,
+                          capture_output=True, text=True, timeout=240, check=False)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "\r" not in proc.stdout + proc.stderr and "it/s" not in proc.stderr
+    lines = proc.stdout.splitlines()
+    assert "dp_top+fast (α=0.5, β=0.01)" in lines[0]  # the rule as configured
+    assert [line.split()[:2] for line in lines if line.startswith("epoch")] == [
+        ["epoch", "1"], ["epoch", "2"]
+    ]  # fmt: skip
+
+
+def test_train_and_evaluate_from_python_shows_progress_and_writes_plots(fmnist_npz, tmp_path):
+    import io
+
+    stream = io.StringIO()
+    cfg = TrainConfig(dataset=str(fmnist_npz), widths=(32,), epochs=2, diagnostics_every=3)
+    dp.train_and_evaluate(cfg, tmp_path / "r", hook=dp.ConsoleProgress(stream))
+    text = stream.getvalue()
+    assert text.count("\nepoch ") == 2 and "test accuracy:" in text
+    assert (tmp_path / "r" / "curves.png").stat().st_size > 0
+    assert (tmp_path / "r" / "alignment.png").stat().st_size > 0
+
+
+# ------------------------------------------------------------------------------ 5. plots
+
+
+@pytest.fixture
+def captured_figures(monkeypatch):
+    figures = []
+    monkeypatch.setattr(plots.plt, "close", figures.append)
+    yield figures
+    monkeypatch.undo()
+    for fig in figures:
+        plots.plt.close(fig)
+
+
+def test_alignment_plot_shows_one_minus_cosine_on_a_log_scale(tmp_path, captured_figures):
+    diagnostics = [
+        {"step": s, "epoch": 1, "cosine": {"layers/0/kernel": c, "layers/1/kernel": 1.0}}
+        for s, c in ((0, 0.9998), (10, 0.99999))
+    ]
+    plots.plot_alignment(diagnostics, tmp_path / "a.png")
+    ((ax, *_),) = [fig.axes for fig in captured_figures]
+    assert ax.get_yscale() == "log"
+    first, second = ax.get_lines()
+    np.testing.assert_allclose(first.get_ydata(), [2e-4, 1e-5], rtol=1e-6)
+    np.testing.assert_allclose(second.get_ydata(), [plots.FLOOR, plots.FLOOR])
+
+
+def test_curves_have_integer_epochs_no_empty_val_and_the_test_mark(tmp_path, captured_figures):
+    history = [
+        {"epoch": e, "train_loss": 1.0 / e, "train_accuracy": 0.5 + 0.1 * e,
+         "val_loss": float("nan"), "val_accuracy": float("nan"), "epoch_time_s": 1.0}
+        for e in (1, 2, 3)
+    ]  # fmt: skip
+    plots.plot_curves(history, tmp_path / "c.png", test_accuracy=0.7, tested_epoch=3)
+    (fig,) = captured_figures
+    ax_loss, ax_acc = fig.axes
+    for ax in (ax_loss, ax_acc):
+        labels = [t.get_text() for t in ax.get_legend().get_texts()]
+        assert "val" not in labels
+        ticks = [t for t in ax.get_xticks() if 1 <= t <= 3]
+        assert ticks and all(float(t).is_integer() for t in ticks)
+    test_line = [line for line in ax_acc.get_lines() if line.get_label() == "test"]
+    assert test_line and list(test_line[0].get_xydata()[0]) == [3, 70.0]
+
+
+# ------------------------------------------------------- 2./3. data that is not what it claims
+
+
+def _saved_npz(path, fmnist_raw, **changes):
+    xtr, ytr, xte, yte = fmnist_raw
+    arrays = dict(x_train=xtr[:300], y_train=ytr[:300], x_test=xte[:100], y_test=yte[:100])
+    np.savez(path, **{**arrays, **changes})
+    return path
+
+
+@pytest.mark.parametrize("damage", ["truncated", "text", "empty"])
+def test_npz_that_is_not_a_readable_archive(damage, fmnist_raw, tmp_path, capsys):
+    path = _saved_npz(tmp_path / "data.npz", fmnist_raw)
+    raw = path.read_bytes()
+    content = {"truncated": raw[: len(raw) // 2], "text": b"x_train,y_train\n1,2\n", "empty": b""}
+    path.write_bytes(content[damage])
+    code, _, err = _run(_args(path, tmp_path / "run", "--epochs", "1"), capsys)
+    assert code == 2 and "is not a readable .npz archive" in err and "np.savez" in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert path.read_bytes() == content[damage]  # the user's file is left as it was
+    assert not (tmp_path / "run").exists()
+
+
+def test_labels_that_do_not_fit_the_data_are_reported(fmnist_raw, tmp_path, capsys):
+    y = fmnist_raw[1][:300].copy()
+    y[7] = 999  # one stray label in a 10-class set: silently a 1000-way output before
+    path = _saved_npz(tmp_path / "data.npz", fmnist_raw, y_train=y)
+    code, _, err = _run(_args(path, tmp_path / "run", "--epochs", "1"), capsys)
+    assert code == 2 and "do not fit a 1000-way output" in err and "11 distinct classes" in err
+    assert "np.unique(y, return_inverse=True)" in err
+
+
+def test_multi_process_errors_name_cli_flags(tmp_path, capsys):
+    code, _, err = _run(["train", "--coordinator", "127.0.0.1:5000", "--num-processes", "2",
+                         "--workdir", str(tmp_path)], capsys)  # fmt: skip
+    assert code == 2 and "--process-id is missing" in err and "process_id=" not in err
