@@ -87,12 +87,17 @@ def _with_default(kwargs: dict, default: object) -> dict:
     return {**kwargs, "help": f"{text}{' ' if text else ''}(default: {shown})"}
 
 
+def _command(sub, name: str, summary: str, description: str) -> argparse.ArgumentParser:
+    return sub.add_parser(name, help=summary, description=description)
+
+
 def _train_parser(sub) -> None:
-    train = sub.add_parser(
+    train = _command(
+        sub,
         "train",
-        help="train a network with a learning rule (DP, DP⊤ or BP)",
-        description="Train and evaluate; writes results.json, metrics.csv, curves.png and "
-        "checkpoints to --workdir. Flags override a --config file, which overrides the defaults.",
+        "train a network with a learning rule (DP, DP⊤ or BP)",
+        "Train and evaluate; writes results.json, metrics.csv, curves.png and checkpoints to "
+        "--workdir. Flags override a --config file, which overrides the defaults.",
     )
     train.add_argument(
         "--config",
@@ -143,11 +148,12 @@ def _train_parser(sub) -> None:
 def _bench_parser(sub) -> None:
     from dualprop_jax import benchmark as b
 
-    p = sub.add_parser(
+    p = _command(
+        sub,
         "bench",
-        help="time the train step of BP, DP⊤, DP and the fast path on the same model",
-        description="Time the jitted train step (gradient + optax update) of each rule on the "
-        "same model and batch; print a table (and write JSON with --out).",
+        "time the train step of BP, DP⊤, DP and the fast path on the same model",
+        "Time the jitted train step (gradient + optax update) of each rule on the same model "
+        "and batch; print a table (and write JSON with --out).",
     )
     p.add_argument("--models", default="mlp,cnn,vgg16", help="comma-separated; '' for none")
     p.add_argument("--rules", default=",".join(b.RULES), help="rule labels, with bp")
@@ -169,10 +175,11 @@ def _bench_parser(sub) -> None:
 
 
 def _eval_parser(sub) -> None:
-    p = sub.add_parser(
+    p = _command(
+        sub,
         "eval",
-        help="evaluate a saved run without training",
-        description="Evaluate the parameters of a run in --workdir on one split of its data.",
+        "evaluate a saved run without training",
+        "Evaluate the parameters of a run in --workdir on one split of its data.",
     )
     p.add_argument("--workdir", type=pathlib.Path, required=True, help="the run's folder")
     p.add_argument("--split", choices=("test", "val"), default="test", help="(default: test)")

@@ -840,6 +840,26 @@ def _few(values: np.ndarray, k: int = 6) -> str:
     return shown + (f", ... {int(values[-1])}" if len(values) > k else "")
 
 
+def _check_labels(name: str, y_train: np.ndarray, y_test: np.ndarray) -> int:
+    """The number of classes C = max label + 1, once the labels are seen to be 0..C-1."""
+    num_classes = int(max(y_train.max(), y_test.max())) + 1
+    unseen = np.setdiff1d(np.unique(y_test), np.unique(y_train))
+    if unseen.size:
+        raise DataError(
+            f"{name}: test labels contain class(es) {unseen.tolist()} that never occur in "
+            f"y_train; labels must be 0..C-1 with every class present in the training set"
+        )
+    present = np.unique(y_train)
+    if 2 * present.size < num_classes:
+        raise DataError(
+            f"{name}: the labels do not fit a {num_classes}-way output: they reach "
+            f"{num_classes - 1}, but only {present.size} distinct classes occur in y_train "
+            f"({_few(present)}). Labels must be 0..C-1; remap them, e.g. "
+            "classes, y = np.unique(y, return_inverse=True)"
+        )
+    return num_classes
+
+
 def _finalize(
     name: str,
     raw: Mapping[str, np.ndarray],
@@ -869,21 +889,7 @@ def _finalize(
             f"{x_test.shape[1:]}; resize them to match"
         )
 
-    num_classes = int(max(y_train.max(), y_test.max())) + 1
-    unseen = np.setdiff1d(np.unique(y_test), np.unique(y_train))
-    if unseen.size:
-        raise DataError(
-            f"{name}: test labels contain class(es) {unseen.tolist()} that never occur in "
-            f"y_train; labels must be 0..C-1 with every class present in the training set"
-        )
-    present = np.unique(y_train)
-    if 2 * present.size < num_classes:
-        raise DataError(
-            f"{name}: the labels do not fit a {num_classes}-way output: they reach "
-            f"{num_classes - 1}, but only {present.size} distinct classes occur in y_train "
-            f"({_few(present)}). Labels must be 0..C-1; remap them, e.g. "
-            "classes, y = np.unique(y, return_inverse=True)"
-        )
+    num_classes = _check_labels(name, y_train, y_test)
 
     n = len(x_train)
     n_val = int(n * val_fraction)
