@@ -6,10 +6,7 @@ from __future__ import annotations
 
 import csv
 import math
-import os
 import pathlib
-import subprocess
-import sys
 
 import _augment_worker as augment_worker
 import jax
@@ -17,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from _workers import run_cpu_worker
 from flax import nnx
 
 import dualprop_jax as dp
@@ -370,18 +368,7 @@ _augment = jax.jit(dp.augment_batch)  # the one-device oracle (compiled: quicker
 def four_device_augment(tmp_path_factory):
     """What ``_augment_worker.py`` saves from a process with 4 CPU devices, seed ``SEED``."""
     out = tmp_path_factory.mktemp("augment") / "augment.npz"
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
-    env.pop("JAX_NUM_CPU_DEVICES", None)
-    proc = subprocess.run(
-        [sys.executable, str(HERE / "_augment_worker.py"), str(out), str(SEED)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return dict(np.load(out))
+    return run_cpu_worker("_augment_worker.py", out, str(SEED))
 
 
 def test_augmentation_differs_per_device_and_equals_the_one_device_batch(four_device_augment):

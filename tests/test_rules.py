@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import os
 import pathlib
-import subprocess
-import sys
 from typing import ClassVar
 
 import jax
@@ -16,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from _workers import run_cpu_worker
 from flax import nnx
 
 import dualprop_jax as dp
@@ -191,27 +189,11 @@ def test_a_stateful_rule_plugs_into_the_train_step():
     assert _rel_err(state.params, p_ref) < 1e-5
 
 
-def _recipes(tmp_path: pathlib.Path, n: int) -> dict[str, np.ndarray]:
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
-    env.pop("JAX_NUM_CPU_DEVICES", None)
-    out = tmp_path / "recipes.npz"
-    proc = subprocess.run(
-        [sys.executable, str(HERE / "_recipes_worker.py"), str(out), str(n)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return dict(np.load(out))
-
-
 def test_pmap_and_shard_map_recipes_equal_the_one_device_gradient(tmp_path):
     """On 4 simulated CPU devices: pmap + pmean, and shard_map with the parameters cast to
     varying + pmean, give the one-device gradient (to 1e-5); shard_map on replicated
     parameters + pmean gives N = 4 times it (the pitfall the docs warn of)."""
-    got = _recipes(tmp_path, 4)
+    got = run_cpu_worker("_recipes_worker.py", tmp_path / "recipes.npz", "4")
     net, params = dp.split(dp.mlp((12, 16, 16, 5), rngs=nnx.Rngs(0)))
     rng = np.random.default_rng(7)
     x = rng.standard_normal((32, 12)).astype(np.float32)

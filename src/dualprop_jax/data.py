@@ -45,7 +45,7 @@ __all__ = [
 #: Examples standardised at a time when a whole split is materialised (bounds the temporaries).
 _CHUNK = 8192
 
-_SPLITS = ("train", "val", "test")
+SPLITS = ("train", "val", "test")
 
 
 def standardise(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
@@ -177,9 +177,14 @@ class Dataset:
         batches` and evaluation all call it (or index the split the same way), so uint8 data
         is converted batch by batch and never held in float32 as a whole.
         """
-        if split not in _SPLITS:
-            raise DataError(f"split={split!r} is unknown; choose one of {_SPLITS}.")
-        return getattr(self, f"x_{split}")[index]
+        return self.split(split)[0][index]
+
+    def split(self, name: str) -> tuple[np.ndarray | StandardisedImages, np.ndarray]:
+        """``(x, y)`` of split ``name`` ("train", "val" or "test"), ``x`` as stored: float32, or
+        uint8 :class:`StandardisedImages` that standardise the rows they are indexed with."""
+        if name not in SPLITS:
+            raise DataError(f"split={name!r} is unknown; choose one of {SPLITS}.")
+        return getattr(self, f"x_{name}"), getattr(self, f"y_{name}")
 
 
 KNOWN_IDX = ("fashion_mnist", "mnist")

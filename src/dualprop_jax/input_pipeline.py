@@ -15,8 +15,6 @@ import numpy as np
 from dualprop_jax.data import Dataset, StandardisedImages
 from dualprop_jax.errors import DataError
 
-SPLITS = ("train", "val", "test")
-
 
 def check_batch_size(batch_size: int, num_train: int) -> None:
     """Raise DataError unless ``1 <= batch_size <= num_train``."""
@@ -87,17 +85,6 @@ def step_key(seed: int, global_step: int) -> jax.Array:
     return jax.random.fold_in(jax.random.key(seed), global_step)
 
 
-def split_arrays(
-    dataset: Dataset, split: str
-) -> tuple[np.ndarray | StandardisedImages, np.ndarray]:
-    """``(x, y)`` of ``split`` ("train", "val" or "test"). ``x`` is the split as stored: a
-    float32 array, or uint8 :class:`~dualprop_jax.data.StandardisedImages` that standardise
-    the rows they are indexed with (take batches with ``x[idx]`` or :meth:`Dataset.images`)."""
-    if split not in SPLITS:
-        raise DataError(f"split={split!r} is unknown; choose one of {SPLITS}.")
-    return getattr(dataset, f"x_{split}"), getattr(dataset, f"y_{split}")
-
-
 def batches(
     dataset: Dataset,
     batch_size: int,
@@ -117,7 +104,7 @@ def batches(
     (:func:`step_key`), on the device. Other splits: one pass in order, the last batch partial.
     Images are standardised float32, taken batch by batch with :meth:`Dataset.images`.
     """
-    x, y = split_arrays(dataset, split)
+    x, y = dataset.split(split)
     if split != "train":
         for start in range(0, len(x), batch_size):
             rows = slice(start, start + batch_size)
@@ -156,13 +143,11 @@ def padded_batches(
 
 
 __all__ = [
-    "SPLITS",
     "augment_batch",
     "batches",
     "check_batch_size",
     "epoch_batches",
     "epoch_order",
     "padded_batches",
-    "split_arrays",
     "step_key",
 ]

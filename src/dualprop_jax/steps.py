@@ -26,7 +26,7 @@ from dualprop_jax import models
 from dualprop_jax import parallel as par
 from dualprop_jax.data import Dataset
 from dualprop_jax.dyads import alignment
-from dualprop_jax.input_pipeline import augment_batch, padded_batches, split_arrays
+from dualprop_jax.input_pipeline import augment_batch, padded_batches
 from dualprop_jax.losses import per_example_loss, targets_as_array
 from dualprop_jax.rules import Backprop, Rule, backprop
 
@@ -154,7 +154,7 @@ def evaluate(
     ``batch_size`` (rounded up to a multiple of the mesh's devices), so every batch runs one
     compiled program. An empty split gives NaN for both.
     """
-    x, y = split_arrays(data, split) if isinstance(data, Dataset) else data
+    x, y = data.split(split) if isinstance(data, Dataset) else data
     if len(x) == 0:
         return {"loss": float("nan"), "accuracy": float("nan")}
     rule = rule or backprop()
