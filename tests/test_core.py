@@ -132,8 +132,11 @@ def _np_closed_form(Ws, bs, x, t, variant, alpha, beta, f, passes=0, schedule="a
         e = np.exp(z - z.max(-1, keepdims=True))
         return e / e.sum(-1, keepdims=True)
 
+    g_hat = softmax(a[L]) - t  # g at the forward prediction ŷ = a_L
+
     def out(a_L):
-        g = softmax(a_L) - t
+        # DP (2023) nudges by g at the current output; DP⊤ by g(ŷ), fixed during the passes
+        g = softmax(a_L) - t if variant == "dp" else g_hat
         if variant == "dp":
             return a_L - alpha * beta * g, a_L + (1 - alpha) * beta * g
         return a_L - (1 - alpha) * beta * g, a_L + alpha * beta * g

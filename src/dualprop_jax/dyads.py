@@ -95,12 +95,16 @@ def _check_inputs(x: jax.Array, y: jax.Array) -> None:
         )
 
 
-def _output_nudge(y_hat, t, config: DPConfig):
-    """s⁺_L = a_L - c⁺ β g,  s⁻_L = a_L + c⁻ β g  with g = ∇ℓ(ŷ, t), in at least float32."""
+def _output_nudge(a_L, beta_g, config: DPConfig):
+    """s⁺_L = a_L - c⁺ βg,  s⁻_L = a_L + c⁻ βg, in at least float32."""
     c_plus, c_minus = config.nudge_coefficients
-    a = y_hat.astype(_wide(y_hat.dtype))
-    beta_g = config.beta * loss_gradient(config.loss, a, t)
+    a = a_L.astype(_wide(a_L.dtype))
     return a - c_plus * beta_g, a + c_minus * beta_g
+
+
+def _beta_g(a_L, t, config: DPConfig):
+    """βg with g = ∇ℓ(a_L, t), in at least float32."""
+    return config.beta * loss_gradient(config.loss, a_L.astype(_wide(a_L.dtype)), t)
 
 
 def _hidden_update(net: LayeredNet, a, fb, config: DPConfig):
@@ -125,14 +129,19 @@ def feedback(net: LayeredNet, params, k: int, s_bar_k, delta_next, dtype=None):
 
 
 def _update_layer(
-    net: LayeredNet, params, k: int, sp: list, sm: list, t, config: DPConfig, dtype
+    net: LayeredNet, params, k: int, sp: list, sm: list, t, beta_g_hat, config: DPConfig, dtype
 ) -> None:
-    """Re-solve layer k (1..L) in place from the current dyads of layers k-1 and k+1."""
+    """Re-solve layer k (1..L) in place from the current dyads of layers k-1 and k+1.
+
+    The output layer's nudge βg is taken at the current a_L for DP (2023) and held at the
+    forward prediction, βg(ŷ) = ``beta_g_hat``, for DP⊤ (its Lagrangian is linearised at ŷ).
+    """
     alpha, L = config.alpha, net.num_maps
     s_bar_prev = alpha * sp[k - 1] + (1 - alpha) * sm[k - 1]
     a = net.apply_map(k - 1, net.layer_params(params, k - 1), s_bar_prev, dtype)
     if k == L:
-        sp[k], sm[k] = _output_nudge(a, t, config)
+        beta_g = _beta_g(a, t, config) if config.variant == "dp" else beta_g_hat
+        sp[k], sm[k] = _output_nudge(a, beta_g, config)
     else:
         s_bar_k = alpha * sp[k] + (1 - alpha) * sm[k]
         fb = feedback(net, params, k, s_bar_k, sp[k + 1] - sm[k + 1], dtype)
@@ -155,10 +164,11 @@ def _infer(net: LayeredNet, params, x, y, config: DPConfig):
         s.append(a_next if k == L - 1 else net.f(a_next))
     y_hat = a[L]
     t = targets_as_array(y_hat.astype(_wide(dtype)), y)
+    beta_g_hat = _beta_g(y_hat, t, config)
     sp, sm = list(s), list(s)
-    sp[L], sm[L] = _output_nudge(y_hat, t, config)
+    sp[L], sm[L] = _output_nudge(y_hat, beta_g_hat, config)
     # One top-down sweep, linearised at the forward activities (s̄_k = s_k before layer k moves).
-    for k in range(L - 1, 0, -1):
+    for k in range(L - 1, 0, -1) if config.sweep else ():
         fb = vjps[k + 1]((sp[k + 1] - sm[k + 1]).astype(a[k + 1].dtype))[0]
         sp[k], sm[k] = _hidden_update(net, a[k], fb, config)
 
@@ -171,17 +181,20 @@ def _infer(net: LayeredNet, params, x, y, config: DPConfig):
         def one_pass(_, carry):
             sp_, sm_ = list(carry[0]), list(carry[1])
             for k in order:
-                _update_layer(net, params, k, sp_, sm_, t, config, dtype)
+                _update_layer(net, params, k, sp_, sm_, t, beta_g_hat, config, dtype)
             return tuple(sp_), tuple(sm_)
 
-        sp, sm = jax.lax.fori_loop(0, config.passes, one_pass, (tuple(sp), tuple(sm)))
+        sp, sm = jax.lax.fori_loop(
+            0, config.passes, one_pass, (tuple(sp), tuple(sm)), unroll=config.unroll_factor
+        )
     return Dyads(tuple(sp), tuple(sm)), y_hat, t
 
 
 @_static
 def infer_dyads(net: LayeredNet, params, x: jax.Array, y: jax.Array, config: DPConfig) -> Dyads:
     """Solve the dyads (s⁺_k, s⁻_k), k = 0..L, for a batch: forward pass, output nudge, one
-    top-down sweep, then ``config.passes`` extra passes of ``config.schedule``."""
+    top-down sweep (unless ``config.sweep`` is False), then ``config.passes`` extra passes of
+    ``config.schedule``."""
     return _infer(net, params, x, y, config)[0]
 
 

@@ -4,11 +4,20 @@ The learning rule sees a network as layer maps and one activation f:
 
     a_{k+1} = W_k(params_k, s_k),   s_{k+1} = f(a_{k+1}) (k < L-1),   s_L = a_L,   s_0 = x,
 
-for maps k = 0..L-1. A map may be dense, convolutional, and may start with a 2x2 max-pool
-and/or a flatten of its input. Max-pooling sits at the *input* of the next map: for a monotone f,
-f(pool(z)) = pool(f(z)), so the network function is the usual conv → pool → f, while the
-Hebbian update of the next layer sees the pooled presynaptic mean without recomputing a
-convolution. Any model built from maps of this shape works with the learning rule unchanged.
+for maps k = 0..L-1. A map may be dense, convolutional, may start with a 2x2 max-pool and/or a
+flatten of its input, and a conv map may end with a 2x2 max-pool. Any model built from maps of
+this shape works with the learning rule unchanged.
+
+Two layouts place a conv block's max-pool (:data:`LAYOUTS`); for a monotone f,
+f(pool(z)) = pool(f(z)), so both compute the same network function conv → pool → f:
+  ``"unpooled"`` (default): the pool sits at the *input* of the next map; a conv layer's state
+    is the unpooled f(conv(s)), and the next map pools its presynaptic mean s̄.
+  ``"pooled"`` (the official 2024 code): conv → pool is one map, a = pool(conv(s)); states are
+    stored pooled (4x smaller), so multi-pass inference moves less data.
+Forward pass, BP gradient and the β → 0 limit of the DP gradient are the same in both. At
+finite β the dyad states differ: "unpooled" pools the mean, pool(α s⁺ + (1-α) s⁻), "pooled"
+takes the mean of pooled states, α pool(s⁺) + (1-α) pool(s⁻); the two part where a pool
+window's maximum is not the same element in s⁺ and s⁻ (near ties).
 
 Why NNX: it is Flax's current recommendation, modules are ordinary Python objects a user can
 build and inspect in a notebook, and ``nnx.split`` yields a pure parameter pytree plus a static
@@ -31,6 +40,9 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "hard_sigmoid": jax.nn.hard_sigmoid,
     "identity": lambda a: a,
 }
+
+LAYOUTS = ("unpooled", "pooled")
+"""Where a conv block's 2x2 max-pool sits: at the next map's input, or ending the conv map."""
 
 VGG11 = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")
 VGG16 = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
@@ -70,7 +82,8 @@ class Dense(nnx.Linear):
 
 
 class Conv(nnx.Conv):
-    """Convolution map a = W ⋆ s + b ('SAME' padding), optionally after a 2x2 max-pool of s."""
+    """Convolution map a = W ⋆ s + b ('SAME' padding), optionally after a 2x2 max-pool of s
+    (``pool_input``) or followed by one, a = pool(W ⋆ s + b) (``pool_output``)."""
 
     def __init__(
         self,
@@ -79,6 +92,7 @@ class Conv(nnx.Conv):
         *,
         kernel_size: int = 3,
         pool_input: bool = False,
+        pool_output: bool = False,
         rngs: nnx.Rngs,
         **kwargs,
     ):
@@ -91,11 +105,13 @@ class Conv(nnx.Conv):
             **kwargs,
         )
         self.pool_input = pool_input
+        self.pool_output = pool_output
 
     def __call__(self, s: jax.Array) -> jax.Array:
         if self.pool_input:
             s = max_pool_2x2(s)
-        return super().__call__(s)
+        a = super().__call__(s)
+        return max_pool_2x2(a) if self.pool_output else a
 
 
 class Network(nnx.Module):
@@ -220,6 +236,7 @@ def conv_net(
     *,
     kernel_size: int = 3,
     activation: str = "relu",
+    layout: str = "unpooled",
     rngs: nnx.Rngs,
     param_dtype=jnp.float32,
 ) -> Network:
@@ -227,11 +244,17 @@ def conv_net(
 
     ``blocks`` lists conv output channels, with ``"M"`` for a 2x2 max-pool after the previous
     conv; ``dense`` lists the hidden dense widths before the ``num_classes`` output.
+    ``layout`` (:data:`LAYOUTS`): ``"unpooled"`` pools at the next map's input, ``"pooled"``
+    makes conv → pool one map (the official 2024 code); the module docstring compares them.
+    Both give the same parameters for the same ``rngs``.
     """
     if len(input_shape) != 3:
         raise ValueError(
             f"conv_net needs an image input shape (H, W, C), got {tuple(input_shape)}."
         )
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout={layout!r} is unknown; choose one of {LAYOUTS}.")
+    pooled = layout == "pooled"
     h, w, c = (int(d) for d in input_shape)
     specs: list[int] = []  # conv widths
     pools: list[bool] = []  # pool after conv i
@@ -255,7 +278,8 @@ def conv_net(
                 c,
                 out,
                 kernel_size=kernel_size,
-                pool_input=pool_next,
+                pool_input=pool_next and not pooled,
+                pool_output=pools[i] and pooled,
                 rngs=rngs,
                 param_dtype=param_dtype,
                 kernel_init=_init_for(i, n),
@@ -276,7 +300,7 @@ def conv_net(
                 d_in,
                 out,
                 flatten=(j == 0 and bool(specs)),
-                pool_input=(j == 0 and pool_next),
+                pool_input=(j == 0 and pool_next and not pooled),
                 rngs=rngs,
                 param_dtype=param_dtype,
                 kernel_init=_init_for(k, n),

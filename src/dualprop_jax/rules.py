@@ -43,6 +43,10 @@ VARIANTS = ("dp", "dp_top")
 LOSSES = ("softmax_ce", "squared_error")
 SCHEDULES = ("alternating", "bottom_up")
 DTYPES = ("float32", "float64", "bfloat16")
+AUTO_UNROLL_PASSES = 16
+"""With ``unroll=None``, pass loops of up to this many passes are unrolled fully."""
+AUTO_UNROLL_FACTOR = 4
+"""With ``unroll=None``, longer pass loops run this many passes per loop iteration."""
 
 
 def _bad(rule: str, field: str, value: object, allowed: str) -> ValueError:
@@ -195,6 +199,15 @@ class DualProp(Rule):
         (one bottom-up sweep k = 1..L; the 2024 scripts).
       passes: number of extra passes after the default forward pass + output nudge + one
         top-down sweep (0 = the default, BP-cost schedule). Run in a ``lax.fori_loop``.
+      sweep: run the top-down sweep k = L-1..1 after the output nudge (default). False starts
+        the passes from the forward state with only the output nudged: with
+        ``schedule="bottom_up"`` and ``passes=K-1`` that is the 2024 scripts' ``fwK`` schedule
+        with K passes exactly (their first pass only nudges the output, as every hidden error
+        is still zero). Needs ``passes >= 1``.
+      unroll: how many passes one iteration of that loop runs (``lax.fori_loop(...,
+        unroll=...)``): 1 keeps the loop rolled, ``passes`` unrolls it fully. None (default)
+        chooses: fully unrolled up to :data:`AUTO_UNROLL_PASSES` passes, else
+        :data:`AUTO_UNROLL_FACTOR` passes per iteration (see :attr:`unroll_factor`).
       dtype: compute dtype (``"float32"``, ``"float64"`` or ``"bfloat16"``). Parameters keep
         their own dtype; they are cast to this dtype inside the layer maps.
       fast: use the fast path (autodiff with the finite-difference dual activation, presynaptic
@@ -213,6 +226,8 @@ class DualProp(Rule):
     passes: int = 0
     dtype: str = "float32"
     fast: bool = False
+    sweep: bool = True
+    unroll: int | None = None
 
     leaves: ClassVar[tuple[str, ...]] = ("alpha", "beta")
 
@@ -233,8 +248,26 @@ class DualProp(Rule):
                 who, "passes", self.passes, "a non-negative integer (0 = one top-down sweep)"
             )
         _check_choice(who, "dtype", self.dtype, DTYPES)
+        if self.unroll is not None and (
+            not isinstance(self.unroll, numbers.Integral)
+            or isinstance(self.unroll, bool)
+            or self.unroll < 1
+        ):
+            raise _bad(
+                who, "unroll", self.unroll, "None (automatic) or an integer >= 1 (1 = rolled loop)"
+            )
         if not isinstance(self.fast, bool):
             raise _bad(who, "fast", self.fast, "True or False")
+        if not isinstance(self.sweep, bool):
+            raise _bad(who, "sweep", self.sweep, "True or False")
+        if not self.sweep and (self.passes < 1 or self.fast):
+            raise _bad(
+                who,
+                "sweep",
+                self.sweep,
+                "True unless passes >= 1 and not fast (without the sweep and extra passes the "
+                "hidden layers get no error)",
+            )
         if self.fast and ((alpha != 0.5 and not _is_traced(self.alpha)) or self.passes != 0):
             raise _bad(
                 who,
@@ -247,6 +280,8 @@ class DualProp(Rule):
             if not _is_array(getattr(self, f)):
                 object.__setattr__(self, f, float(getattr(self, f)))
         object.__setattr__(self, "passes", int(self.passes))
+        if self.unroll is not None:
+            object.__setattr__(self, "unroll", int(self.unroll))
 
     def __eq__(self, other: object) -> bool:
         if type(other) is not type(self):
@@ -263,6 +298,20 @@ class DualProp(Rule):
     @property
     def label(self) -> str:
         return f"{self.variant}+fast" if self.fast else self.variant
+
+    @property
+    def unroll_factor(self) -> int:
+        """Passes per iteration of the pass loop: ``unroll``, or the automatic choice.
+
+        Automatic: all ``passes`` (a straight-line program, which XLA fuses across passes and
+        layers) up to :data:`AUTO_UNROLL_PASSES`; beyond that :data:`AUTO_UNROLL_FACTOR`, so
+        that compile time stays bounded for long schedules.
+        """
+        if self.unroll is not None:
+            return max(1, min(self.unroll, max(self.passes, 1)))
+        if self.passes <= AUTO_UNROLL_PASSES:
+            return max(self.passes, 1)
+        return AUTO_UNROLL_FACTOR
 
     @property
     def nudge_coefficients(self) -> tuple[Any, Any]:
@@ -333,6 +382,8 @@ def dual_prop(
     loss: str = "softmax_ce",
     dtype: str = "float32",
     fast: bool = False,
+    sweep: bool = True,
+    unroll: int | None = None,
 ) -> DualProp:
     """The dual-propagation rule (see :class:`DualProp`); validated here, with clear errors."""
     return DualProp(
@@ -344,6 +395,8 @@ def dual_prop(
         passes=passes,
         dtype=dtype,
         fast=fast,
+        sweep=sweep,
+        unroll=unroll,
     )
 
 
@@ -405,5 +458,5 @@ def from_label(label: str, **settings) -> Rule:
     allowed = fields_of(name)
     kept = {k: v for k, v in settings.items() if k in allowed}
     if extra == "fast":
-        kept.update(fast=True, alpha=0.5, passes=0)
+        kept.update(fast=True, alpha=0.5, passes=0, sweep=True)
     return from_dict({"name": name, **kept})
