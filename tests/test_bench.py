@@ -178,3 +178,37 @@ def test_one_sweep_dp_compiles_to_the_matmuls_and_convolutions_of_bp(kind):
     assert bp["dot"] > 0
     for cfg in (dp.DPConfig(variant="dp_top"), dp.DPConfig(fast=True)):
         assert _op_counts(dp.contrastive_grad, net, params, x, y, cfg) == bp, cfg
+
+
+TINY_POOLED = benchmark.ModelSpec(
+    lambda rngs, layout="unpooled": dp.cnn(
+        (8, 8, 3), channels=(4,), dense=(8,), num_classes=10, layout=layout, rngs=rngs
+    ),
+    (8, 8, 3),
+    "tiny CNN, both layouts",
+    layouts=dp.models.LAYOUTS,
+)
+
+
+def test_multipass_rows_time_the_2024_schedule_on_each_layout_from_one_start():
+    rows = benchmark.bench_multipass("tiny", TINY_POOLED, batch=8, steps=2, passes=4, warmup=1)
+    assert [(r["layout"], r["rule"], r["schedule"]) for r in rows] == [
+        (layout, rule, schedule)
+        for layout in ("unpooled", "pooled")
+        for rule, schedule in (("bp", "-"), ("dp_top", "one sweep"), ("dp_top", "fwK 4"))
+    ]
+    # the same network function and batch for every row: both layouts compute conv → pool → f
+    # with the same parameters, so every first step reports raw jax's loss of the module
+    expected = _raw_loss(TINY_POOLED, 8)
+    for r in rows:
+        assert r["first_loss"] == pytest.approx(expected, rel=1e-5), r
+        same = [s for s in rows if s["layout"] == r["layout"]]
+        bp, sweep = same[0], same[1]
+        assert r["ratio_to_bp"] == pytest.approx(r["step_ms_median"] / bp["step_ms_median"])
+        assert r["ratio_to_one_sweep"] == pytest.approx(
+            r["step_ms_median"] / sweep["step_ms_median"]
+        )
+    # a model without pooling has one set of rows
+    assert len(benchmark.bench_multipass("t", TINY, batch=8, steps=1, passes=2, warmup=0)) == 3
+    with pytest.raises(ValueError, match="passes >= 2"):
+        benchmark.bench_multipass("t", TINY, batch=8, steps=1, passes=1)

@@ -44,12 +44,17 @@ RULES = ("bp", "dp_top", "dp", "dp+fast")
 
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
-    """A benchmark model: a builder ``(rngs) -> Network`` and the per-example input shape."""
+    """A benchmark model: a builder ``(rngs) -> Network`` and the per-example input shape.
 
-    build: Callable[[nnx.Rngs], models.Network]
+    ``layouts`` are the conv layouts (:data:`dualprop_jax.models.LAYOUTS`) the builder takes
+    as ``build(rngs, layout=...)``; empty for models without max-pooling.
+    """
+
+    build: Callable[..., models.Network]
     input_shape: tuple[int, ...]
     description: str
     num_classes: int = 10
+    layouts: tuple[str, ...] = ()
 
 
 MODELS: dict[str, ModelSpec] = {
@@ -59,18 +64,26 @@ MODELS: dict[str, ModelSpec] = {
         "MLP 784-1000-1000-1000-10",
     ),
     "cnn": ModelSpec(
-        lambda rngs: models.cnn((28, 28, 1), channels=(32, 64), dense=(512,), rngs=rngs),
+        lambda rngs, layout="unpooled": models.cnn(
+            (28, 28, 1), channels=(32, 64), dense=(512,), layout=layout, rngs=rngs
+        ),
         (28, 28, 1),
         "CNN 28x28x1: conv32-pool-conv64-pool-512-10",
+        layouts=models.LAYOUTS,
     ),
     "vgg16": ModelSpec(
-        lambda rngs: models.vgg16(input_shape=(32, 32, 3), num_classes=10, rngs=rngs),
+        lambda rngs, layout="unpooled": models.vgg16(
+            input_shape=(32, 32, 3), num_classes=10, layout=layout, rngs=rngs
+        ),
         (32, 32, 3),
         "VGG16 32x32x3 (13 conv, 4096-4096-10, no BatchNorm)",
+        layouts=models.LAYOUTS,
     ),
 }
 
 DEFAULT_STEPS = {"mlp": 200, "cnn": 60, "vgg16": 20}
+MULTIPASS_STEPS = {"mlp": 30, "cnn": 10, "vgg16": 5}
+"""Timed steps per row of :func:`bench_multipass` (each step runs ~K sweeps)."""
 BENCH_OPTIONS = dict(
     warmup=5, rule_labels=RULES, alpha=0.5, beta=0.01, dtype="float32", passes=0, seed=0
 )
@@ -91,9 +104,10 @@ def train_config(label: str, alpha: float, beta: float, dtype: str, passes: int)
     )
 
 
-def _init(spec: ModelSpec, config: TrainConfig, seed: int, *, augment: bool = False):
+def _init(spec: ModelSpec, config: TrainConfig, seed: int, *, augment: bool = False, layout=None):
     """``(step, state)`` of one row: the jitted, donating train step and a fresh state."""
-    net, params = models.split(spec.build(nnx.Rngs(seed)))
+    kw = {} if layout is None else {"layout": layout}
+    net, params = models.split(spec.build(nnx.Rngs(seed), **kw))
     optimizer = make_optimizer(config, steps_per_epoch=1)  # constant rate: no schedule
     step = make_train_step(net, config.rule, optimizer, donate=True, augment=augment)
     return step, TrainState.create(net, params, config.rule, optimizer)
@@ -174,18 +188,34 @@ def bench_model(
 ) -> list[dict]:
     """Time the train step of each rule on one model; one row per rule."""
     _check_rules(rule_labels)
+    entries = {
+        label: _init(spec, train_config(label, alpha, beta, dtype, passes), seed)
+        for label in rule_labels
+    }
+    timed = _time_steps(entries, spec, batch, seed, warmup, steps)
+    bp_ms = timed["bp"]["step_ms_median"]
+    return [
+        {"model": name, "rule": label, "batch": batch, "dtype": dtype, "steps": steps}
+        | timed[label]
+        | {"ratio_to_bp": timed[label]["step_ms_median"] / bp_ms}
+        for label in rule_labels
+    ]
+
+
+def _time_steps(entries: dict, spec: ModelSpec, batch: int, seed: int, warmup: int, steps: int):
+    """Compile each ``label -> (step, state)`` ahead of time, then time them interleaved.
+
+    Returns ``label -> {step_ms_median, step_ms_iqr, compile_s, peak_bytes, first_loss}``.
+    """
     if steps < 1 or warmup < 0:
         raise ValueError(f"need steps >= 1 and warmup >= 0, got steps={steps}, warmup={warmup}.")
     x, y = (jax.device_put(v) for v in random_batch(spec, batch, seed))
-    compiled, state, compile_s, peak, first_loss = {}, {}, {}, {}, {}
-    for label in rule_labels:
-        step, state[label] = _init(spec, train_config(label, alpha, beta, dtype, passes), seed)
+    compiled, state, compile_s, first_loss = {}, {}, {}, {}
+    for label, (step, state[label]) in entries.items():
         t0 = time.perf_counter()
         compiled[label] = step.lower(state[label], x, y).compile()
         compile_s[label] = time.perf_counter() - t0
-        peak[label] = _peak_bytes(compiled[label])
-
-    times: dict[str, list[float]] = {label: [] for label in rule_labels}
+    times: dict[str, list[float]] = {label: [] for label in entries}
 
     def run(label: str, r: int) -> None:
         t0 = time.perf_counter()
@@ -195,26 +225,72 @@ def bench_model(
             times[label].append(time.perf_counter() - t0)
         first_loss.setdefault(label, float(metrics["loss"]))
 
-    _interleaved(rule_labels, warmup + steps, run)
-    bp_ms = 1e3 * statistics.median(times["bp"])
-    rows = []
-    for label in rule_labels:
+    _interleaved(list(entries), warmup + steps, run)
+    out = {}
+    for label in entries:
         ms = [1e3 * t for t in times[label]]
         med = statistics.median(ms)
         q1, _, q3 = statistics.quantiles(ms, n=4) if len(ms) > 1 else (med, med, med)
+        out[label] = {
+            "step_ms_median": med,
+            "step_ms_iqr": [q1, q3],
+            "compile_s": compile_s[label],
+            "peak_bytes": _peak_bytes(compiled[label]),
+            "first_loss": first_loss[label],
+        }
+    return out
+
+
+def bench_multipass(
+    name: str,
+    spec: ModelSpec,
+    *,
+    batch: int,
+    steps: int,
+    passes: int = 16,
+    warmup: int = 3,
+    beta: float = 0.01,
+    dtype: str = "float32",
+    seed: int = 0,
+) -> list[dict]:
+    """The 2024 scripts' inference schedule against one sweep and BP, on every conv layout.
+
+    The schedule is their ``fwK`` with K = ``passes``: from the forward state, K bottom-up
+    passes, i.e. ``rules.dual_prop(schedule="bottom_up", sweep=False, passes=K - 1)`` (their
+    first pass only nudges the output). Rows per layout: ``bp``, ``dp_top`` with one sweep and
+    ``dp_top`` with the schedule (α = ½), all timed interleaved; ``ratio_to_one_sweep`` divides
+    by the one-sweep DP⊤ of the same layout. Models without pooling have one layout row set.
+    """
+    if passes < 2:
+        raise ValueError(
+            f"the multi-pass rows need passes >= 2 (the 2024 scripts: 16), got {passes}"
+        )
+    schedules = {
+        "one sweep": rules.dual_prop(beta=beta, dtype=dtype),
+        f"fwK {passes}": rules.dual_prop(
+            beta=beta, dtype=dtype, schedule="bottom_up", sweep=False, passes=passes - 1
+        ),
+    }
+    entries, meta = {}, {}
+    for layout in spec.layouts or (None,):
+        for schedule, rule in [("", rules.backprop(dtype=dtype)), *schedules.items()]:
+            label = f"{rule.name} {schedule} {layout or ''}".strip()
+            config = dataclasses.replace(train_config("bp", 0.5, beta, dtype, 0), rule=rule)
+            entries[label] = _init(spec, config, seed, layout=layout)
+            meta[label] = dict(rule=rule.name, schedule=schedule or "-", layout=layout or "-")
+    timed = _time_steps(entries, spec, batch, seed, warmup, steps)
+    rows = []
+    for label, m in meta.items():
+        same = [k for k, v in meta.items() if v["layout"] == m["layout"]]
+        bp = next(k for k in same if meta[k]["rule"] == "bp")
+        sweep = next(k for k in same if meta[k]["schedule"] == "one sweep")
+        ms = timed[label]["step_ms_median"]
         rows.append(
-            {
-                "model": name,
-                "rule": label,
-                "batch": batch,
-                "dtype": dtype,
-                "steps": steps,
-                "step_ms_median": med,
-                "step_ms_iqr": [q1, q3],
-                "ratio_to_bp": med / bp_ms,
-                "compile_s": compile_s[label],
-                "peak_bytes": peak[label],
-                "first_loss": first_loss[label],
+            {"model": name, **m, "passes": passes, "batch": batch, "dtype": dtype}
+            | timed[label]
+            | {
+                "ratio_to_bp": ms / timed[bp]["step_ms_median"],
+                "ratio_to_one_sweep": ms / timed[sweep]["step_ms_median"],
             }
         )
     return rows
