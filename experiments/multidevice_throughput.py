@@ -7,12 +7,12 @@ Example (the command behind the BENCHMARKS.md row):
 Each device count runs in a fresh process with ``jax_num_cpu_devices`` set to it, so every run
 sees exactly that many CPU devices. A run builds what ``train_and_evaluate`` builds
 (``train.build_run``: mesh, model, optimizer, donated train step) and times its training loop,
-:func:`dualprop_jax.loop.train_epoch` (host batch -> global array split over the devices ->
-jitted step, at most ``parallel.steps_in_flight`` steps queued), on Fashion-MNIST batches of
-the setup's global batch size. After a warm-up epoch of 3 steps that compiles the step, each
-timing is one epoch of ``--steps`` steps (the subset's images repeated); it reports the median
-over ``--repeats`` timings. Simulated CPU devices share the machine's cores, so more devices
-need not mean more speed.
+:func:`dualprop_jax.loop.train_epoch` (with ``feed="auto"``, which keeps this small set on
+the devices: each step's batch is gathered there and split over them), on Fashion-MNIST
+batches of the setup's global batch size. After a warm-up epoch that compiles the programs
+and copies the set, each timing is one epoch of ``--steps`` steps (the subset's images
+repeated); it reports the median over ``--repeats`` timings. Simulated CPU devices share the
+machine's cores, so more devices need not mean more speed.
 """
 
 from __future__ import annotations
@@ -74,8 +74,9 @@ def measure(devices: int, setup: str, rule: str, steps: int, repeats: int) -> di
         state = result.state
         return result.time_s
 
-    timed_epoch(epoch_of(3), 1)  # compile and warm up
-    times = [timed_epoch(epoch_of(steps), 2 + r) for r in range(repeats)]
+    timed = epoch_of(steps)  # one dataset: the device feed copies it once, in the warm-up
+    timed_epoch(timed, 1)  # compile and warm up
+    times = [timed_epoch(timed, 2 + r) for r in range(repeats)]
     return {
         "devices": devices,
         "steps_per_s": steps / statistics.median(times),

@@ -128,22 +128,31 @@ def test_python_m_dualprop_jax_bench_is_dualprop_bench(tmp_path):
     assert result["command"].startswith("dualprop bench --models") and result["rows"] == []
 
 
-def test_epoch_timing_runs_whole_epochs_of_host_batches():
+def test_epoch_timing_runs_whole_epochs_on_both_feeds():
     rows = benchmark.time_epoch(
-        images=50, batch=8, spec=TINY_CONV, name="tiny", repeats=3, warmup_epochs=1
-    )
-    assert [r["rule"] for r in rows] == ["bp", "dp_top"]
+        images=50, batch=8, spec=TINY_CONV, name="tiny", repeats=3, warmup_epochs=1,
+        step_samples=3,
+    )  # fmt: skip
+    assert [(r["rule"], r["feed"]) for r in rows] == [
+        ("bp", "host"), ("bp", "device"), ("dp_top", "host"), ("dp_top", "device"),
+    ]  # fmt: skip
     for r in rows:
         assert len(r["epoch_s_all"]) == 3 and len(r["warmup_epoch_s"]) == 1
         assert r["epoch_s"] == sorted(r["epoch_s_all"])[1]  # the median of three
         assert r["images"] == 48 and r["steps"] == 6 and r["batch"] == 8  # last partial dropped
-        assert r["epoch_s"] > 0
+        assert r["epoch_s"] > 0 and r["step_ms_median"] > 0
         assert r["images_per_s"] == pytest.approx(48 / r["epoch_s"])
-        assert r["ratio_to_bp"] == pytest.approx(r["epoch_s"] / rows[0]["epoch_s"])
+        assert r["epoch_over_steps"] == pytest.approx(
+            r["epoch_s"] / (6 * r["step_ms_median"] / 1e3)
+        )
+        bp = next(b for b in rows if b["rule"] == "bp" and b["feed"] == r["feed"])
+        assert r["ratio_to_bp"] == pytest.approx(r["epoch_s"] / bp["epoch_s"])
     with pytest.raises(ValueError, match="smaller than one batch"):
         benchmark.time_epoch(images=4, batch=8, spec=TINY_CONV)
     with pytest.raises(ValueError, match="repeats"):
         benchmark.time_epoch(images=50, batch=8, spec=TINY_CONV, repeats=0)
+    with pytest.raises(ValueError, match="warmup_epochs >= 1"):
+        benchmark.time_epoch(images=50, batch=8, spec=TINY_CONV, warmup_epochs=0)
 
 
 def test_random_batch_is_fixed_by_the_seed():

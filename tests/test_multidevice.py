@@ -186,6 +186,7 @@ def test_short_run_on_four_devices_matches_one_device(four_devices, one_device_r
     and the same final parameters up to float rounding."""
     four, one = _results(four_devices / "train"), _results(one_device_run)
     assert four["devices"] == 4 and four["processes"] == 1
+    assert four["feed"] == one["feed"] == "device"  # "auto" for 3000 images
     assert one["test_accuracy"] >= 0.7, one["test_accuracy"]
     assert abs(four["test_accuracy"] - one["test_accuracy"]) <= 0.005
     _assert_same_final_params(four_devices / "train", one_device_run)
@@ -207,6 +208,7 @@ def test_two_process_training_run_matches_one_device(two_processes, one_device_r
     final parameters (from the Orbax checkpoint both wrote) as one device."""
     two, one = _results(two_processes / "train"), _results(one_device_run)
     assert two["processes"] == 2 and two["devices"] == 4
+    assert two["feed"] == one["feed"] == "device"  # "auto" for 3000 images
     assert abs(two["test_accuracy"] - one["test_accuracy"]) <= 0.005
     assert checkpoints.latest_epoch(two_processes / "train") == 1
     _assert_same_final_params(two_processes / "train", one_device_run)
@@ -377,7 +379,9 @@ def test_exit_now_ends_only_a_multi_process_run(tmp_path):
 
 
 KILL_HEARTBEAT_S = 10
-KILL_RUN = ["--max-train", "3000", "--widths", "128", "--epochs", "3", "--batch-size", "100"]
+# --feed host: the host feed across processes (the short runs above take the device feed)
+KILL_RUN = ["--max-train", "3000", "--widths", "128", "--epochs", "3", "--batch-size", "100",
+            "--feed", "host"]  # fmt: skip
 
 
 def _start_cli_pair(out: pathlib.Path, workdir: pathlib.Path, tag: str, *extra: str):
@@ -461,6 +465,7 @@ def test_killed_process_ends_the_other_clearly_and_resume_finishes(tmp_path):
     resumed = (tmp_path / "resumed-0.log").read_text()
     assert statuses == [0, 0], resumed[-3000:] + (tmp_path / "resumed-1.log").read_text()[-3000:]
     assert f"resuming after epoch {saved}" in resumed
+    assert "data: fed from the host" in resumed
     results = _results(workdir)
     assert results["processes"] == 2 and results["epochs"] == 3
     assert checkpoints.latest_epoch(workdir) == 3

@@ -353,3 +353,24 @@ def _sgd(rule, net, opt, p, s, x, y):
     g, aux = rule.grad(net, p, x, y)
     u, s = opt.update(g, s, p)
     return optax.apply_updates(p, u), s, aux.loss
+
+
+def test_command_line_names_the_layout_and_the_published_schedule():
+    from dualprop_jax import cli
+    from dualprop_jax.steps import build_model
+
+    argv = ["train", "--model", "cnn", "--layout", "pooled", "--schedule", "bottom_up"]
+    argv += ["--passes", "15", "--no-sweep", "--unroll", "5"]
+    cfg = cli.config_from_args(cli._parser().parse_args(argv))
+    assert cfg.layout == "pooled"
+    assert cfg.rule == rules.dual_prop(passes=15, schedule="bottom_up", sweep=False, unroll=5)
+    assert dp.TrainConfig.from_dict(cfg.to_dict()) == cfg
+    # the config builds the pooled network: conv → pool inside the conv maps
+    model = build_model(cfg, (28, 28, 1), 10, nnx.Rngs(0))
+    assert [getattr(m, "pool_output", False) for m in model.layers] == [True, True, False, False]
+    assert not any(getattr(m, "pool_input", False) for m in model.layers)
+    with pytest.raises(ValueError, match="layout"):
+        dp.TrainConfig(layout="official")
+    # the default stays the unpooled layout and the default rule sweeps
+    default = cli.config_from_args(cli._parser().parse_args(["train"]))
+    assert default.layout == "unpooled" and default.rule.sweep

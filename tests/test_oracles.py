@@ -99,9 +99,13 @@ def _np_dyads(maps, x, t, variant, alpha, beta, passes, schedule, linearise_at="
     c_plus, c_minus = (alpha, 1 - alpha) if variant == "dp" else (1 - alpha, alpha)
     relu = lambda a: np.maximum(a, 0.0)  # noqa: E731
 
-    def output(a):
+    def softmax(a):
         e = np.exp(a - a.max(-1, keepdims=True))
-        g = e / e.sum(-1, keepdims=True) - t
+        return e / e.sum(-1, keepdims=True)
+
+    def output(a):
+        # DP nudges by g at the current output; DP⊤ by g at the forward prediction ŷ
+        g = softmax(a) - t if variant == "dp" else g_hat
         return a - c_plus * beta * g, a + c_minus * beta * g
 
     def hidden(a, fb):
@@ -111,6 +115,7 @@ def _np_dyads(maps, x, t, variant, alpha, beta, passes, schedule, linearise_at="
     for k in range(L):
         a.append(_np_map(maps[k], s[k]))
         s.append(a[-1] if k == L - 1 else relu(a[-1]))
+    g_hat = softmax(a[L]) - t
     sp, sm = list(s), list(s)
     sp[L], sm[L] = output(a[L])
     for k in range(L - 1, 0, -1):

@@ -10,9 +10,10 @@ round-robin (the starting rule rotates every round), each step ended by
 ``block_until_ready``. A row reports the median step time and its ratio to BP's median on the
 same model. Every rule starts from the same parameters and sees the same (random, fixed) batch.
 
-:func:`time_epoch` times whole training epochs (CIFAR-10-shaped random data: 45k images
-32x32x3, batch 100, random crop + flip, host-to-device batches) with the training loop itself,
-:func:`dualprop_jax.loop.train_epoch`.
+:func:`time_epoch` times whole training epochs with the training loop itself,
+:func:`dualprop_jax.loop.train_epoch`, fed from the host and from the device (CIFAR-10-shaped
+random data: 45k images 32x32x3, batch 100, random crop + flip; or a real dataset such as
+Fashion-MNIST), and relates each epoch to the cost of its steps.
 
 Rows name rules by their label (:func:`dualprop_jax.rules.from_label`): ``bp``, ``dp_top``,
 ``dp`` and ``dp+fast`` (the fast path of the 2023 rule, α = ½).
@@ -296,6 +297,14 @@ def bench_multipass(
     return rows
 
 
+FMNIST_MLP = ModelSpec(
+    lambda rngs: models.mlp((784, 1000, 1000, 10), rngs=rngs),
+    (28, 28, 1),
+    "MLP 784-1000-1000-10 (the default of dualprop train)",
+)
+"""The model of :func:`time_epoch` on Fashion-MNIST: ``dualprop train``'s default MLP."""
+
+
 def time_epoch(
     *,
     images: int = 45_000,
@@ -308,64 +317,81 @@ def time_epoch(
     warmup_epochs: int = 1,
     name: str = "vgg16",
     spec: ModelSpec | None = None,
+    dataset: Dataset | None = None,
+    feeds: Sequence[str] = ("host", "device"),
+    step_samples: int = 30,
 ) -> list[dict]:
-    """Wall time of one training epoch per rule on CIFAR-10-shaped random data.
+    """Wall time of one training epoch per rule and feed, against the cost of its steps.
 
-    The loop is :func:`dualprop_jax.loop.train_epoch`, the one ``train_and_evaluate`` runs: a
-    shuffled epoch of host batches, each put on the device, random crop + flip on the device
-    (for image inputs), the donated train step. Each step is compiled and run once before any
-    clock starts; then ``warmup_epochs`` untimed rounds and ``repeats`` timed rounds run one
-    epoch of every rule each, interleaved (the first rule rotates per round). A row reports
-    the median timed epoch; ``warmup_epoch_s`` keeps the untimed ones (the first epoch pays for
-    autotuning and allocator growth).
+    The loop is :func:`dualprop_jax.loop.train_epoch`, the one ``train_and_evaluate`` runs,
+    with each feed of ``feeds``: ``"host"`` (batches gathered on the host and copied one by
+    one) and ``"device"`` (the set kept on the device, chunks of steps there). The data is
+    ``dataset``'s training split, or CIFAR-10-shaped random images (``images`` of them, for
+    ``name``/``spec``, VGG16 by default); image inputs get random crop + flip on the device.
+    Each step is compiled and run once before any clock starts; then ``warmup_epochs``
+    untimed rounds (the device feed copies the set and compiles its chunk program there) and
+    ``repeats`` timed rounds run one epoch of every (rule, feed), interleaved (the first one
+    rotating per round). A row reports the median timed epoch, the median of ``step_samples``
+    train steps each timed alone on a batch already on the device (``step_ms_median``), and
+    ``epoch_over_steps`` = epoch time / (steps × that median): 1 is an epoch at the cost of its
+    steps; the host feed pays for gathering and copying batches on top.
     """
     spec = spec or MODELS[name]
-    if images < batch:
-        raise ValueError(f"--epoch-images {images} is smaller than one batch of {batch}.")
+    if dataset is None:
+        if images < batch:
+            raise ValueError(f"--epoch-images {images} is smaller than one batch of {batch}.")
+        x_host, y_host = random_batch(spec, images, seed)
+        empty_x, empty_y = x_host[:0], y_host[:0]
+        dataset = Dataset(
+            "random", x_host, y_host, empty_x, empty_y, empty_x, empty_y, 10, False, "random"
+        )
     if repeats < 1 or warmup_epochs < 0:
         raise ValueError(
             f"need repeats >= 1 and warmup_epochs >= 0, got {repeats} and {warmup_epochs}."
         )
-    x_host, y_host = random_batch(spec, images, seed)
-    empty_x, empty_y = x_host[:0], y_host[:0]
-    ds = Dataset("random", x_host, y_host, empty_x, empty_y, empty_x, empty_y, 10, False, "random")
-    augment = len(spec.input_shape) == 3
-    steps, state, first_s = {}, {}, {}
+    if "device" in feeds and warmup_epochs < 1:
+        raise ValueError(
+            "the device feed copies the set and compiles its chunk program in its first epoch: "
+            "time it with warmup_epochs >= 1."
+        )
+    # crop + flip for images: CIFAR-like data, and the random CIFAR-shaped set
+    augment = len(spec.input_shape) == 3 and (dataset.augment or dataset.name == "random")
+    x0, y0 = dataset.images("train", np.arange(batch)), np.asarray(dataset.y_train[:batch])
+    x0, y0 = jax.device_put(x0), jax.device_put(y0.astype(np.int32))
     key = jax.random.key(seed)
+    steps, state, first_s = {}, {}, {}
     for label in rule_labels:
         config = train_config(label, 0.5, beta, dtype, 0)
-        steps[label], state[label] = _init(spec, config, seed, augment=augment)
-        t0 = time.perf_counter()
-        xb, yb = jax.device_put(x_host[:batch]), jax.device_put(y_host[:batch])
-        state[label], _ = steps[label](state[label], xb, yb, key)
-        jax.block_until_ready(state[label])
-        first_s[label] = time.perf_counter() - t0
+        for feed in feeds:
+            steps[label], state[label, feed] = _init(spec, config, seed, augment=augment)
+            t0 = time.perf_counter()
+            state[label, feed], _ = steps[label](state[label, feed], x0, y0, key)
+            jax.block_until_ready(state[label, feed])
+            first_s[label, feed] = time.perf_counter() - t0
 
-    epoch_times: dict[str, list[float]] = {label: [] for label in rule_labels}
-    warm_times: dict[str, list[float]] = {label: [] for label in rule_labels}
+    epoch_times: dict = {k: [] for k in state}
+    warm_times: dict = {k: [] for k in state}
 
-    def run(label: str, r: int) -> None:
+    def run(entry: tuple[str, str], r: int) -> None:
+        label, feed = entry
         result = train_epoch(
-            steps[label], state[label], ds, batch_size=batch, epoch=r + 1, seed=seed,
-            log_every=images,
+            steps[label], state[entry], dataset, batch_size=batch, epoch=r + 1, seed=seed,
+            log_every=len(dataset.x_train), feed=feed,
         )  # fmt: skip
-        state[label] = result.state
-        (warm_times if r < warmup_epochs else epoch_times)[label].append(result.time_s)
+        state[entry] = result.state
+        (warm_times if r < warmup_epochs else epoch_times)[entry].append(result.time_s)
 
-    _interleaved(rule_labels, warmup_epochs + repeats, run)
-    return _epoch_rows(
-        name, images // batch, batch, dtype, repeats, epoch_times, warm_times, first_s
-    )
-
-
-def _epoch_rows(name, n_steps, batch, dtype, repeats, epoch_times, warm_times, first_s) -> list:
+    _interleaved(list(state), warmup_epochs + repeats, run)
+    step_ms = _step_medians(steps, state, x0, y0, key, step_samples)
+    n_steps = len(dataset.x_train) // batch
     rows = []
-    for label, times in epoch_times.items():
+    for (label, feed), times in epoch_times.items():
         epoch_s = statistics.median(times)
         rows.append(
             {
                 "model": name,
                 "rule": label,
+                "feed": feed,
                 "images": n_steps * batch,
                 "batch": batch,
                 "steps": n_steps,
@@ -373,15 +399,34 @@ def _epoch_rows(name, n_steps, batch, dtype, repeats, epoch_times, warm_times, f
                 "repeats": repeats,
                 "epoch_s": epoch_s,
                 "epoch_s_all": times,
-                "warmup_epoch_s": warm_times[label],
+                "warmup_epoch_s": warm_times[label, feed],
                 "images_per_s": n_steps * batch / epoch_s,
-                "first_step_s": first_s[label],
+                "first_step_s": first_s[label, feed],
+                "step_ms_median": step_ms[label],
+                "epoch_over_steps": epoch_s / (n_steps * step_ms[label] / 1e3),
             }
         )
-    bp = next((r["epoch_s"] for r in rows if r["rule"] == "bp"), None)
     for r in rows:
+        bp = next((b["epoch_s"] for b in rows if b["rule"] == "bp" and b["feed"] == r["feed"]), 0)
         r["ratio_to_bp"] = r["epoch_s"] / bp if bp else None
     return rows
+
+
+def _step_medians(steps: dict, state: dict, x, y, key, samples: int) -> dict[str, float]:
+    """Median ms of ``samples`` steps of each rule, each step timed alone (ended by
+    ``block_until_ready``) on a batch already on the device, rules interleaved."""
+    times: dict[str, list[float]] = {label: [] for label in steps}
+    current = {label: next(v for k, v in state.items() if k[0] == label) for label in steps}
+
+    def run(label: str, r: int) -> None:
+        t0 = time.perf_counter()
+        current[label], metrics = steps[label](current[label], x, y, key)
+        jax.block_until_ready((current[label], metrics))
+        if r >= 2:
+            times[label].append(time.perf_counter() - t0)
+
+    _interleaved(list(steps), 2 + max(samples, 1), run)
+    return {label: 1e3 * statistics.median(t) for label, t in times.items()}
 
 
 def run_benchmark(

@@ -9,10 +9,13 @@ the run resumes from the newest one that can, with a warning that names both.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pathlib
 import shutil
+import signal
+import threading
 import time
 import warnings
 
@@ -39,14 +42,38 @@ def manager(workdir: pathlib.Path, keep: int = MAX_TO_KEEP):
 
 
 def save(mgr, epoch: int, state: dict, meta: dict) -> None:
-    """Write the checkpoint of ``epoch`` and wait until it is on disk."""
+    """Write the checkpoint of ``epoch`` and wait until it is on disk.
+
+    Ctrl-C during the save is held back until the checkpoint is complete, and then raised: an
+    interrupted run always names a checkpoint that is on disk.
+    """
     import orbax.checkpoint as ocp
 
-    mgr.save(
-        epoch,
-        args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
-    )
-    mgr.wait_until_finished()
+    with _sigint_deferred():
+        mgr.save(
+            epoch,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)
+            ),
+        )
+        mgr.wait_until_finished()
+
+
+@contextlib.contextmanager
+def _sigint_deferred():
+    """Hold SIGINT back inside the block (main thread only); raise KeyboardInterrupt after it
+    when one arrived."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    arrived = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: arrived.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler if previous is None else previous)
+    if arrived:
+        raise KeyboardInterrupt
 
 
 def restore(mgr, epoch: int, target: dict) -> tuple[dict, dict]:

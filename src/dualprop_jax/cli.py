@@ -14,8 +14,8 @@ import json
 import pathlib
 import sys
 
-from dualprop_jax import rules
-from dualprop_jax.train_config import MODELS, TrainConfig, fold_legacy_rule
+from dualprop_jax import models, rules
+from dualprop_jax.train_config import FEEDS, MODELS, TrainConfig, fold_legacy_rule
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -43,6 +43,14 @@ _FLAGS: dict[str, tuple[str, dict]] = {
     "--val-fraction": ("val_fraction", dict(type=float, help="held out from train")),
     "--max-train": ("max_train", dict(type=int, help="use only this many training images")),
     "--model": ("model", dict(choices=MODELS)),
+    "--layout": (
+        "layout",
+        dict(
+            choices=models.LAYOUTS,
+            help="conv models: unpooled (each max-pool at the next map's input) or pooled "
+            "(conv → pool one map, states stored pooled, as the official 2024 code)",
+        ),
+    ),
     "--widths": ("widths", dict(type=_ints, help="MLP hidden widths, e.g. 1000,1000")),
     "--channels": ("channels", dict(type=_ints, help="CNN conv channels, e.g. 32,64")),
     "--dense": ("dense", dict(type=_ints, help="CNN hidden dense widths, e.g. 512")),
@@ -66,6 +74,15 @@ _FLAGS: dict[str, tuple[str, dict]] = {
         "keep_checkpoints",
         dict(type=int, help="how many of the latest epochs' checkpoints to keep"),
     ),
+    "--feed": (
+        "feed",
+        dict(
+            choices=FEEDS,
+            help="where training batches come from: device (the training set kept on the "
+            "device, batches taken there), host (copied batch by batch), auto (device when the "
+            "set takes at most 1/4 of a device's memory, 2 GiB on CPU)",
+        ),
+    ),
 }
 
 # flag -> (rule setting, argparse kwargs): they set TrainConfig.rule
@@ -74,6 +91,10 @@ _RULE_FLAGS: dict[str, tuple[str, dict]] = {
     "--beta": ("beta", dict(type=float, help="nudging strength β > 0 (dp, dp_top)")),
     "--passes": ("passes", dict(type=int, help="extra inference passes (dp, dp_top; 0: one)")),
     "--schedule": ("schedule", dict(choices=rules.SCHEDULES, help="of the extra passes")),
+    "--unroll": (
+        "unroll",
+        dict(type=int, help="passes per iteration of the pass loop (1: rolled; None: automatic)"),
+    ),
     "--loss": ("loss", dict(choices=rules.LOSSES)),
     "--dtype": ("dtype", dict(choices=rules.DTYPES, help="compute dtype (params stay float32)")),
 }
@@ -129,6 +150,11 @@ def _train_parser(sub) -> None:
         "--fast", dest="rule_fast", action="store_const", const=True, default=None,
         help="DP fast path (α = ½, one sweep)",
     )  # fmt: skip
+    rule.add_argument(
+        "--no-sweep", dest="rule_sweep", action="store_const", const=False, default=None,
+        help="no top-down sweep before the extra passes (bottom_up + --passes K-1 = the 2024 "
+        "scripts' fwK with K passes)",
+    )  # fmt: skip
     aug = train.add_mutually_exclusive_group()
     aug.add_argument(
         "--augment", dest="augment", action="store_const", const=True, default=None,
@@ -166,7 +192,26 @@ def _bench_parser(sub) -> None:
     p.add_argument("--beta", type=float, default=0.01)
     p.add_argument("--passes", type=int, default=0, help="extra inference passes for dp/dp_top")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    p.add_argument(
+        "--multipass",
+        type=int,
+        default=0,
+        metavar="K",
+        help="also time the 2024 schedule (fwK: K bottom-up passes, e.g. 16) against one sweep "
+        "and BP, on each conv layout",
+    )
+    p.add_argument(
+        "--multipass-steps", type=int, help=f"timed steps per row (default {b.MULTIPASS_STEPS})"
+    )
     p.add_argument("--vgg-epoch", action="store_true", help="also time one VGG16 epoch")
+    p.add_argument(
+        "--fmnist-epoch",
+        action="store_true",
+        help="also time one epoch of dualprop train's default model on Fashion-MNIST",
+    )
+    p.add_argument(
+        "--epoch-feeds", default="host,device", help="feeds of the epoch rows (host, device)"
+    )
     p.add_argument("--epoch-images", type=int, default=45_000, help="images in that epoch")
     p.add_argument("--epoch-batch", type=int, default=100)
     p.add_argument("--epoch-repeats", type=int, default=3, help="timed epochs per rule (median)")
@@ -224,6 +269,7 @@ def _rule_from_args(args: argparse.Namespace, given: dict | str | None) -> dict:
         rule = {k: v for k, v in rule.items() if k in rules.fields_of(name)}
     flags = {s: getattr(args, f"rule_{s}") for _, (s, _) in _RULE_FLAGS.items()}
     flags["fast"] = args.rule_fast
+    flags["sweep"] = args.rule_sweep
     flags = {s: v for s, v in flags.items() if v is not None}
     misplaced = [s for s in flags if s not in rules.fields_of(name)]
     if misplaced:
@@ -396,17 +442,32 @@ def format_table(result: dict) -> str:
             f"| {r['model']} | {r['rule']} | {r['batch']} | {r['step_ms_median']:.2f} | "
             f"{q1:.2f}-{q3:.2f} | {r['ratio_to_bp']:.3f} | {r['compile_s']:.1f} | {peak} |"
         )
+    if result.get("multipass_rows"):
+        lines += [
+            "",
+            "| model | rule | schedule | layout | batch | step ms (median) | ratio to BP "
+            "| ratio to one sweep | compile s |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r in result["multipass_rows"]:
+            lines.append(
+                f"| {r['model']} | {r['rule']} | {r['schedule']} | {r['layout']} | {r['batch']} "
+                f"| {r['step_ms_median']:.2f} | {r['ratio_to_bp']:.3f} | "
+                f"{r['ratio_to_one_sweep']:.3f} | {r['compile_s']:.1f} |"
+            )
     if result.get("epoch_rows"):
         lines += [
             "",
-            "| model | rule | images | batch | epoch s (median) | images/s | ratio to BP |",
-            "|---|---|---|---|---|---|---|",
+            "| model | rule | feed | images | batch | epoch s (median) | step ms (median) "
+            "| epoch / (steps × step) | images/s | ratio to BP |",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in result["epoch_rows"]:
             ratio = f"{r['ratio_to_bp']:.3f}" if r["ratio_to_bp"] else "n/a"
             lines.append(
-                f"| {r['model']} | {r['rule']} | {r['images']} | {r['batch']} | "
-                f"{r['epoch_s']:.2f} | {r['images_per_s']:.0f} | {ratio} |"
+                f"| {r['model']} | {r['rule']} | {r['feed']} | {r['images']} | {r['batch']} | "
+                f"{r['epoch_s']:.2f} | {r['step_ms_median']:.2f} | {r['epoch_over_steps']:.3f} "
+                f"| {r['images_per_s']:.0f} | {ratio} |"
             )
     lines += [f"note: {note}" for note in result.get("notes", [])]
     return "\n".join(lines)
@@ -414,6 +475,21 @@ def format_table(result: dict) -> str:
 
 def _names(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _multipass_rows(benchmark, args: argparse.Namespace, result: dict) -> list[dict]:
+    rows = []
+    for name in _names(args.models):
+        batch = args.batch
+        if name == "vgg16":
+            cpu = result["backend"] == "cpu"
+            batch = args.vgg_batch or (benchmark.CPU_VGG_BATCH if cpu else args.batch)
+        steps = args.multipass_steps or benchmark.MULTIPASS_STEPS.get(name, 5)
+        rows += benchmark.bench_multipass(
+            name, benchmark.MODELS[name], batch=batch, steps=steps, passes=args.multipass,
+            beta=args.beta, dtype=args.dtype,
+        )  # fmt: skip
+    return rows
 
 
 def cmd_bench(args: argparse.Namespace, argv: list[str]) -> int:
@@ -424,11 +500,24 @@ def cmd_bench(args: argparse.Namespace, argv: list[str]) -> int:
         vgg_steps=args.vgg_steps, warmup=args.warmup, rule_labels=_names(args.rules),
         alpha=args.alpha, beta=args.beta, dtype=args.dtype, passes=args.passes,
     )  # fmt: skip
+    if args.multipass:
+        result["multipass_rows"] = _multipass_rows(benchmark, args, result)
+    epoch = dict(
+        beta=args.beta, dtype=args.dtype, repeats=args.epoch_repeats,
+        warmup_epochs=args.epoch_warmup, feeds=_names(args.epoch_feeds),
+    )  # fmt: skip
+    if args.fmnist_epoch:
+        from dualprop_jax.data import load_dataset
+
+        fmnist = dict(dataset=load_dataset("fashion_mnist"), spec=benchmark.FMNIST_MLP)
+        rows = benchmark.time_epoch(
+            name="fmnist_mlp", batch=TrainConfig().batch_size, **fmnist, **epoch
+        )
+        result.setdefault("epoch_rows", []).extend(rows)
     if args.vgg_epoch:
-        result["epoch_rows"] = benchmark.time_epoch(
-            images=args.epoch_images, batch=args.epoch_batch, beta=args.beta, dtype=args.dtype,
-            repeats=args.epoch_repeats, warmup_epochs=args.epoch_warmup,
-        )  # fmt: skip
+        result.setdefault("epoch_rows", []).extend(
+            benchmark.time_epoch(images=args.epoch_images, batch=args.epoch_batch, **epoch)
+        )
     result["command"] = " ".join(["dualprop", *argv])
     print(format_table(result))
     if args.out:

@@ -12,6 +12,11 @@ Closed-form layer updates, with (c⁺, c⁻) = (α, 1-α) for DP and (1-α, α) 
   hidden k < L:  s⁺_k = f(a_k + c⁺ fb_k),   s⁻_k = f(a_k - c⁻ fb_k)
   output k = L:  s⁺_L = a_L - c⁺ β g,       s⁻_L = a_L + c⁻ β g      (so δ_L = -β g)
 
+In extra passes, DP⊤ keeps g at the forward prediction ŷ (its Lagrangian is linearised there;
+ALGORITHM.md and the official DP⊤ code), while DP takes g at the current output a_L (the 2023
+convention). A hidden layer's feedback vjp is taken at its current mean s̄_k, where the map is
+applied (the official code uses s⁺_k, the same for maps that are linear in s_k).
+
 Weight update: with the dyads fixed, the gradient of the local objective
   J(θ) = (1/β) Σ_k ⟨-δ_k, W_{k-1}(s̄_{k-1})⟩ / B
 i.e. ∇_{W_{k-1}} J = -(1/β) δ_k s̄_{k-1}ᵀ (a Hebbian outer product), which tends to the BP

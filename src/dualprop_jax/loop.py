@@ -1,5 +1,16 @@
-"""The training loop: one epoch of jitted steps over host batches. Used by ``train_and_evaluate``,
-the benchmark and the multi-device throughput script, so all three time the same work.
+"""The training loop: one epoch of jitted steps, fed from the host or from the device. Used by
+``train_and_evaluate``, the benchmark and the multi-device throughput script, so all three time
+the same work.
+
+Two feeds give the same batches, keys and (to float rounding) parameters:
+
+* ``"host"``: each batch is gathered and standardised on the host, copied to the device(s) and
+  passed to the step; one dispatch per step.
+* ``"device"``: the training split lives on the device(s) and the steps run in chunks of one
+  jitted program each (:mod:`dualprop_jax.device_data`); one dispatch per chunk.
+
+Either feed yields after the steps where the host acts (the first step, every ``log_every``,
+diagnostics steps, the last); :func:`train_epoch` does that work in one place.
 """
 
 from __future__ import annotations
@@ -7,17 +18,21 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
 
+from dualprop_jax import device_data
 from dualprop_jax import parallel as par
 from dualprop_jax.data import Dataset
 from dualprop_jax.errors import DivergenceError
 from dualprop_jax.input_pipeline import epoch_order, step_key
 from dualprop_jax.steps import TrainState, TrainStep
+
+# (steps done, state, Σ loss, Σ correct, () -> the last step's (x, y)) after a step or a chunk
+_Done = tuple[int, TrainState, jax.Array, jax.Array, Callable[[], tuple]]
 
 
 @dataclasses.dataclass
@@ -25,7 +40,8 @@ class EpochResult:
     """What one epoch leaves: the new state, its mean training loss and accuracy, and timings.
 
     ``timed_s`` runs from the end of the first step (compilation excluded) to the end of the
-    epoch, over ``timed_steps`` = steps - 1 steps; ``diagnostics`` holds the alignment records.
+    epoch, over ``timed_steps`` = steps - 1 steps; ``diagnostics`` holds the alignment records;
+    ``feed`` is the feed that ran, ``"device"`` or ``"host"``.
     """
 
     state: TrainState
@@ -35,6 +51,7 @@ class EpochResult:
     timed_steps: int
     timed_s: float
     diagnostics: list[dict]
+    feed: str = "host"
 
 
 def train_epoch(
@@ -49,6 +66,7 @@ def train_epoch(
     log_every: int = 20,
     on_progress: Callable[[dict], None] | None = None,
     diagnostics: tuple[Callable, int] | None = None,
+    feed: str = "auto",
 ) -> EpochResult:
     """Run training epoch ``epoch`` (1-based) of ``dataset.x_train``.
 
@@ -57,47 +75,79 @@ def train_epoch(
     ``step_key(seed, g)``. Every ``log_every`` steps the running mean loss is checked (NaN/Inf
     raises :class:`DivergenceError`) and reported to ``on_progress``. ``diagnostics = (fn,
     every)`` records ``fn(params, x, y)`` (per-leaf cosines) every ``every`` global steps.
+    ``feed``: ``"host"``, ``"device"`` (the training split kept on the device, see
+    :mod:`dualprop_jax.device_data`) or ``"auto"`` (:func:`~dualprop_jax.device_data.choose_feed`:
+    the device when the split fits its budget). The input ``state`` is donated when ``step``
+    donates.
     """
+    feed = device_data.choose_feed(feed, dataset, mesh)
     order = epoch_order(len(dataset.x_train), batch_size, seed, epoch)
-    sharding, throttle = par.batch_sharding(mesh), par.StepThrottle(mesh)
-    loss_sum, correct_sum, seen = jnp.zeros(()), jnp.zeros((), jnp.int32), 0
+    steps, first_step = len(order), (epoch - 1) * len(order)
+    every = diagnostics[1] if diagnostics is not None else 0
+    if feed == "device":
+        stops = device_data.chunk_stops(steps, log_every, first_step, every)
+        done = _device_feed(step, state, dataset, order, stops, first_step, seed, mesh)
+    else:
+        done = _host_feed(step, state, dataset, order, first_step, seed, mesh)
     records: list[dict] = []
     t0 = t_first = time.perf_counter()
-    for i, idx in enumerate(order):
-        global_step = (epoch - 1) * len(order) + i
-        x = par.global_array(dataset.images("train", idx), sharding)  # standardised per batch
-        y = par.global_array(dataset.y_train[idx], sharding)
-        key = step_key(seed, global_step) if step.augment else None
-        state, metrics = step(state, x, y, key)
-        loss_sum, correct_sum = loss_sum + metrics["loss"], correct_sum + metrics["correct"]
-        throttle(metrics["loss"])
-        seen += len(idx)
-        if i == 0:
+    for n, state, loss_sum, correct_sum, last_batch in done:
+        if n == 1:
             jax.block_until_ready(state.params)
             t_first = time.perf_counter()
-        if diagnostics is not None and global_step % diagnostics[1] == 0:
-            cos = jax.device_get(diagnostics[0](state.params, x, y))
-            records.append({"step": global_step, "epoch": epoch, "cosine": _floats(cos)})
-        if (i + 1) % log_every == 0 or i + 1 == len(order):
-            mean_loss = float(loss_sum) / (i + 1)
+        if every and (first_step + n - 1) % every == 0:
+            cos = jax.device_get(diagnostics[0](state.params, *last_batch()))
+            records.append({"step": first_step + n - 1, "epoch": epoch, "cosine": _floats(cos)})
+        if n % log_every == 0 or n == steps:
+            mean_loss = float(loss_sum) / n
             if not math.isfinite(mean_loss):
                 raise DivergenceError(
-                    f"the training loss became {mean_loss} at epoch {epoch}, step {i + 1}."
+                    f"the training loss became {mean_loss} at epoch {epoch}, step {n}."
                 )
             if on_progress is not None:
-                progress = dict(epoch=epoch, step=i + 1, steps=len(order), loss=mean_loss)
-                on_progress(dict(progress, accuracy=int(correct_sum) / seen))
+                progress = dict(epoch=epoch, step=n, steps=steps, loss=mean_loss)
+                on_progress(dict(progress, accuracy=int(correct_sum) / (n * batch_size)))
     jax.block_until_ready(state.params)
     t1 = time.perf_counter()
     return EpochResult(
         state=state,
-        loss=float(loss_sum) / len(order),
-        accuracy=int(correct_sum) / seen,
+        loss=float(loss_sum) / steps,
+        accuracy=int(correct_sum) / (steps * batch_size),
         time_s=t1 - t0,
-        timed_steps=len(order) - 1,
-        timed_s=t1 - t_first if len(order) > 1 else 0.0,
+        timed_steps=steps - 1,
+        timed_s=t1 - t_first if steps > 1 else 0.0,
         diagnostics=records,
+        feed=feed,
     )
+
+
+def _host_feed(step, state, dataset, order, first_step, seed, mesh) -> Iterator[_Done]:
+    """Each batch taken and standardised on the host, put on the devices, then stepped."""
+    sharding, throttle = par.batch_sharding(mesh), par.StepThrottle(mesh)
+    loss_sum, correct_sum = jnp.zeros(()), jnp.zeros((), jnp.int32)
+    for i, idx in enumerate(order):
+        x = par.global_array(dataset.images("train", idx), sharding)  # standardised per batch
+        y = par.global_array(dataset.y_train[idx], sharding)
+        key = step_key(seed, first_step + i) if step.augment else None
+        state, metrics = step(state, x, y, key)
+        loss_sum, correct_sum = loss_sum + metrics["loss"], correct_sum + metrics["correct"]
+        throttle(metrics["loss"])
+        yield i + 1, state, loss_sum, correct_sum, lambda x=x, y=y: (x, y)
+
+
+def _device_feed(step, state, dataset, order, stops, first_step, seed, mesh) -> Iterator[_Done]:
+    """The training split on the devices, the epoch in chunks ending at ``stops``."""
+    data = device_data.resident(dataset, mesh)
+    run = device_data.runner(step, mesh)
+    plan, carry = device_data.start_epoch(run, state, data, order, stops, first_step, seed, mesh)
+    for stop in stops:
+        carry = run.chunk(carry, data, plan)
+        state, loss_sum, correct_sum, chunk = carry
+
+        def last_batch(chunk=chunk):  # called before the next chunk donates the carry
+            return run.last_batch(data, plan, chunk)
+
+        yield stop, state, loss_sum, correct_sum, last_batch
 
 
 def _floats(tree: dict) -> dict[str, float]:

@@ -13,6 +13,7 @@ import sys
 from typing import TextIO
 
 from dualprop_jax import rules
+from dualprop_jax.device_data import describe_bytes
 
 
 def describe_rule(rule: rules.Rule) -> str:
@@ -61,6 +62,10 @@ class ConsoleProgress:
             f"{describe_rule(cfg.rule)}, {info['devices']} device(s)"
             + (f", resuming after epoch {resumed}" if resumed else "")
         )
+        if "feed" in info:
+            size = describe_bytes(info["data_bytes"])
+            where = "device-resident" if info["feed"] == "device" else "fed from the host"
+            self._print(f"data: {where} ({size} of training data as stored)")
 
     def _on_epoch_start(self, info: dict) -> None:
         if not self.use_bar:

@@ -58,9 +58,10 @@ class TrainStep:
     ``key`` is needed only when the step augments its batch.
     """
 
-    def __init__(self, jitted: Callable, augment: bool) -> None:
+    def __init__(self, jitted: Callable, augment: bool, donate: bool = False) -> None:
         self.jitted = jitted
         self.augment = augment
+        self.donate = donate  # whether ``jitted`` donates (deletes) its input state
 
     def _key(self, key):
         if self.augment and key is None:
@@ -114,7 +115,8 @@ def make_train_step(
     if mesh is not None:
         rep, batch = par.replicated(mesh), par.batch_sharding(mesh)
         shardings = dict(in_shardings=(rep, batch, batch, rep), out_shardings=(rep, rep))
-    return TrainStep(jax.jit(step, donate_argnums=(0,) if donate else (), **shardings), augment)
+    jitted = jax.jit(step, donate_argnums=(0,) if donate else (), **shardings)
+    return TrainStep(jitted, augment, donate)
 
 
 @functools.lru_cache(maxsize=32)
@@ -199,7 +201,11 @@ def build_model(
             f"{input_shape}. Use --model mlp for flat vectors."
         )
     kw = dict(
-        input_shape=input_shape, num_classes=num_classes, activation=config.activation, rngs=rngs
+        input_shape=input_shape,
+        num_classes=num_classes,
+        activation=config.activation,
+        layout=config.layout,
+        rngs=rngs,
     )
     if config.model == "cnn":
         return models.cnn(channels=config.channels, dense=config.dense, **kw)

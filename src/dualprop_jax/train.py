@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from dualprop_jax import checkpoints, models
+from dualprop_jax import checkpoints, device_data, models
 from dualprop_jax import data as data_lib
 from dualprop_jax import parallel as par
 from dualprop_jax.errors import DivergenceError, TrainingError, TrainingInterrupted
@@ -75,6 +75,8 @@ def train_and_evaluate(
     run = build_run(config, ds)
     _usable_workdir(workdir, create=True)
     state, best, meta = run.start(workdir, saved_epoch, ds)
+    if run.feed == "device":
+        device_data.resident(ds, run.mesh)  # copied once, before the first epoch's clock
     if jax.process_index() == 0:
         _write_json(workdir / "config.json", config.to_dict())
     mgr = checkpoints.manager(workdir, config.keep_checkpoints)
@@ -88,6 +90,7 @@ def train_and_evaluate(
                     run.step, state, ds, batch_size=config.batch_size, epoch=epoch,
                     seed=config.seed, mesh=run.mesh, log_every=log_every,
                     diagnostics=run.diagnostics, on_progress=lambda info: emit("step", info),
+                    feed=run.feed,
                 )  # fmt: skip
             except DivergenceError as e:
                 raise DivergenceError(_divergence_advice(str(e), config, meta, workdir)) from None
@@ -102,7 +105,7 @@ def train_and_evaluate(
     except KeyboardInterrupt:
         raise TrainingInterrupted(meta["epoch"], str(workdir)) from None
 
-    results = _results(config, meta, test, ds, run.mesh)
+    results = _results(config, meta, test, ds, run)
     if jax.process_index() == 0:
         _write_json(workdir / "results.json", results)
         if plots:
@@ -179,6 +182,7 @@ class Run:
     optimizer: Any
     step: TrainStep
     diagnostics: tuple[Callable, int] | None
+    feed: str = "host"  # "device" or "host", resolved from config.feed
 
     def evaluate(self, params, ds: data_lib.Dataset, split: str) -> dict[str, float]:
         return evaluate(
@@ -208,11 +212,14 @@ class Run:
             "devices": par.num_devices(self.mesh),
             "resumed_from_epoch": meta["epoch"] or None,
             "num_params": sum(x.size for x in jax.tree.leaves(state.params)),
+            "feed": self.feed,
+            "data_bytes": device_data.stored_bytes(ds),
         }
 
 
 def build_run(config: TrainConfig, ds: data_lib.Dataset) -> Run:
-    """Check the data against the config, then build the mesh, model, optimizer and steps."""
+    """Check the data against the config, then build the mesh, model, optimizer and steps, and
+    choose the feed (:func:`~dualprop_jax.device_data.choose_feed`)."""
     check_batch_size(config.batch_size, len(ds.x_train))
     mesh = par.make_mesh(config.devices)
     par.check_divisible(config.batch_size, mesh)
@@ -226,7 +233,8 @@ def build_run(config: TrainConfig, ds: data_lib.Dataset) -> Run:
     diagnostics = None
     if config.diagnostics_every:
         diagnostics = (alignment_fn(net, config.rule), config.diagnostics_every)
-    return Run(config, mesh, net, params, optimizer, step, diagnostics)
+    feed = device_data.choose_feed(config.feed, ds, mesh)
+    return Run(config, mesh, net, params, optimizer, step, diagnostics, feed)
 
 
 def _record_extension(meta: dict, saved: TrainConfig | None, config: TrainConfig, ds) -> None:
@@ -304,7 +312,7 @@ def _record_epoch(meta: dict, epoch: int, result: EpochResult, val: dict, has_va
     return improved
 
 
-def _results(config: TrainConfig, meta: dict, test: dict, ds: data_lib.Dataset, mesh) -> dict:
+def _results(config: TrainConfig, meta: dict, test: dict, ds: data_lib.Dataset, run: Run) -> dict:
     return {
         "rule": config.rule.to_dict(),
         "dataset": config.dataset,
@@ -323,7 +331,8 @@ def _results(config: TrainConfig, meta: dict, test: dict, ds: data_lib.Dataset, 
         "jax_version": jax.__version__,
         "backend": jax.default_backend(),
         "device_kind": jax.devices()[0].device_kind,
-        "devices": par.num_devices(mesh),
+        "devices": par.num_devices(run.mesh),
+        "feed": run.feed,
         "processes": jax.process_count(),
         "num_train": len(ds.x_train),
         "dataset_source": ds.source,

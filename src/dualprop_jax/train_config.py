@@ -16,10 +16,18 @@ from dualprop_jax import models, rules
 MODELS = ("mlp", "cnn", "vgg11", "vgg16")
 OPTIMIZERS = ("adam", "sgd")
 LR_SCHEDULES = ("constant", "cosine")
+FEEDS = ("auto", "device", "host")  # see dualprop_jax.device_data.choose_feed
 
 # Fields that may differ when a run is resumed: they change where and how a run goes, not the
 # numbers it computes. ``epochs`` may be raised too (see ``checkpoints.check_resumable``).
-FREE_ON_RESUME = ("data_dir", "eval_batch_size", "diagnostics_every", "devices", "keep_checkpoints")
+FREE_ON_RESUME = (
+    "data_dir",
+    "eval_batch_size",
+    "diagnostics_every",
+    "devices",
+    "keep_checkpoints",
+    "feed",
+)
 
 # Flat rule fields of configs written before the rule was one field (config.json of old runs).
 _LEGACY_RULE_KEYS = ("algo", "alpha", "beta", "loss", "passes", "schedule", "dtype", "fast")
@@ -49,6 +57,7 @@ class TrainConfig:
     widths: tuple[int, ...] = (1000, 1000)  # MLP hidden widths
     channels: tuple[int, ...] = (32, 64)  # CNN conv widths (each followed by a 2x2 max-pool)
     dense: tuple[int, ...] = (512,)  # CNN hidden dense widths
+    layout: str = "unpooled"  # conv models: where max-pools sit (models.LAYOUTS)
     activation: str = "relu"
     rule: rules.Rule = dataclasses.field(default_factory=rules.dual_prop)
     optimizer: str = "adam"
@@ -65,6 +74,7 @@ class TrainConfig:
     diagnostics_every: int = 0  # steps between rule-vs-BP alignment checks; 0 = off
     devices: int | None = None  # None: all local devices
     keep_checkpoints: int = 2  # checkpoints kept in workdir/checkpoints (the latest epochs)
+    feed: str = "auto"  # training batches from a copy on the device, or from the host
 
     def __post_init__(self) -> None:
         for name in ("widths", "channels", "dense"):
@@ -85,6 +95,8 @@ class TrainConfig:
             ("optimizer", OPTIMIZERS),
             ("lr_schedule", LR_SCHEDULES),
             ("activation", tuple(models.ACTIVATIONS)),
+            ("feed", FEEDS),
+            ("layout", models.LAYOUTS),
         ):
             if getattr(self, name) not in allowed:
                 raise _bad(name, getattr(self, name), f"one of {allowed}")
