@@ -275,6 +275,10 @@ def test_progress_shows_the_rule_as_configured():
         progress.describe_rule(rules.dual_prop(passes=3, schedule="bottom_up", dtype="bfloat16"))
         == "dp_top (α=0.5, β=0.01, 3 bottom_up passes, bfloat16)"
     )
+    published = rules.dual_prop(passes=15, schedule="bottom_up", sweep=False)
+    assert progress.describe_rule(published) == (
+        "dp_top (α=0.5, β=0.01, 15 bottom_up passes, no top-down sweep)"
+    )
     assert progress.describe_rule(rules.backprop()) == "bp"
 
 

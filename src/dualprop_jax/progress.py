@@ -25,6 +25,8 @@ def describe_rule(rule: rules.Rule) -> str:
         extra = [f"α={rule.alpha:g}", f"β={rule.beta:g}"]
         if rule.passes:
             extra.append(f"{rule.passes} {rule.schedule} pass{'es' if rule.passes > 1 else ''}")
+        if not rule.sweep:
+            extra.append("no top-down sweep")
         if rule.dtype != "float32":
             extra.append(rule.dtype)
     if rule.loss != "softmax_ce":
