@@ -320,7 +320,6 @@ def start_epoch(
 
 __all__ = [
     "DEFAULT_BUDGET_BYTES",
-    "FEEDS",
     "Carry",
     "DeviceData",
     "EpochPlan",
