@@ -37,10 +37,21 @@ from typing import Any, ClassVar
 import jax
 import numpy as np
 
-from dualprop_jax import dyads
+from dualprop_jax import dyads, energy
 
 VARIANTS = ("dp", "dp_top")
 LOSSES = ("softmax_ce", "squared_error")
+FEEDBACKS = ("transpose", "kolen_pollack")
+"""Where DP's feedback fb_k comes from: J_kᵀ of the map itself, or separate weights B_k (KP)."""
+OUTPUTS = ("linearised", "exact")
+"""The output dyad: nudged by βg (linearised loss), or the exact squared-error closed form."""
+NUDGINGS = ("one_sided", "symmetric")
+"""EP's nudged phases: one at +β, or two at ±β (Laborieux et al. 2021)."""
+SIGMAS = ("clip", "identity")
+"""EP / CHL state activation σ: clip(x, 0, 1) (the 'hard sigmoid' of the EP literature), or
+identity (a linear Hopfield net, for closed forms)."""
+STARTS = ("zero", "forward")
+"""Where the free phase of EP / CHL starts: every state at 0, or the feedforward pass."""
 SCHEDULES = ("alternating", "bottom_up")
 DTYPES = ("float32", "float64", "bfloat16")
 AUTO_UNROLL_PASSES = 16
@@ -91,12 +102,39 @@ class Rule:
 
     name: ClassVar[str]
     leaves: ClassVar[tuple[str, ...]] = ()
-    stateful: ClassVar[bool] = False
+
+    @property
+    def stateful(self) -> bool:
+        """Whether :meth:`grad` needs the ``state`` that :meth:`init` makes."""
+        return False
 
     def init(self, net, params) -> Any:
         """The rule's state for ``params`` (``()``: this rule carries none)."""
         del net, params
         return ()
+
+    def init_params(self, net, params, key) -> Any:
+        """``params`` with the rule's own trainable weights added (default: ``params`` as is).
+
+        Kolen–Pollack DP adds its feedback weights B_k under ``params["feedback"]``: the
+        optimizer then updates them with W_k, by the same Hebbian gradient and weight decay.
+        """
+        del net, key
+        return params
+
+    def predict(self, net, params, x) -> jax.Array:
+        """The network's prediction ŷ for a batch ``x``: the feedforward output a_L.
+
+        EP and CHL train a recurrent (Hopfield-like) net, whose prediction is the output of
+        its free phase instead.
+        """
+        return net.forward(params, x, jax.numpy.dtype(getattr(self, "dtype", "float32")))
+
+    def metrics(self, net, params, state) -> dict[str, jax.Array]:
+        """Scalar diagnostics of the rule's own quantities, logged during training
+        (e.g. the angle between KP's B_k and W_kᵀ, the damped rule's spectral norms γ_k)."""
+        del net, params, state
+        return {}
 
     def _grad(self, net, params, x, y):
         raise NotImplementedError
@@ -116,6 +154,15 @@ class Rule:
             return self._grad(net, params, x, y)
         grads, aux = self._grad(net, params, x, y)
         return grads, aux, state
+
+    def __eq__(self, other: object) -> bool:
+        """Field by field; array leaves (traced α, β) compare by identity."""
+        if type(other) is not type(self):
+            return NotImplemented
+        return all(_same(getattr(self, f), getattr(other, f)) for f in self.field_names())
+
+    def __hash__(self) -> int:
+        return hash(tuple(_hashable(getattr(self, f)) for f in self.field_names()))
 
     @property
     def label(self) -> str:
@@ -183,6 +230,11 @@ def _check_choice(rule: str, field: str, value: object, allowed: tuple) -> None:
         raise _bad(rule, field, value, f"one of {allowed}")
 
 
+def _check_count(rule: str, field: str, value: object, least: int) -> None:
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < least:
+        raise _bad(rule, field, value, f"an integer >= {least}")
+
+
 @register
 @dataclasses.dataclass(frozen=True, eq=False)
 class DualProp(Rule):
@@ -212,6 +264,21 @@ class DualProp(Rule):
         their own dtype; they are cast to this dtype inside the layer maps.
       fast: use the fast path (autodiff with the finite-difference dual activation, presynaptic
         factor from the forward pass). Only defined for α = ½ and ``passes == 0``.
+      damped: the damped (Lipschitz) hidden updates of Høier & Zach 2024,
+        s± = f((a ± c± fb + L_k s±)/(1 + L_k)) with s± on the right the current state and
+        L_k = max(0, (γ_k² - 1)/2), γ_k the spectral norm of map k (layer k → k+1), estimated
+        by power iteration through the map's own jvp/vjp. The power-iteration vectors are the
+        rule's state (:meth:`init`); each step runs ``power_iterations`` more iterations.
+      power_iterations: power-iteration steps per gradient call (warm-started from the state).
+      feedback: ``"transpose"`` (fb_k = J_kᵀ δ_{k+1}, the map's own vjp) or
+        ``"kolen_pollack"`` (KP-DP, Høier et al. 2023): fb_k through separate weights B_k
+        (a kernel of W_k's shape, used through the map's transpose), kept in
+        ``params["feedback"]`` (:meth:`init_params`). B_k gets W_k's Hebbian gradient, so the
+        optimizer gives both the same update and weight decay and no weight transport is needed.
+      output: ``"linearised"`` (s± = a ∓ c± βg) or ``"exact"``: the exact closed form for
+        squared error of the 2023 MLP code, s⁺ = (a + c⁺β y)/(1 + c⁺β),
+        s⁻ = (a - c⁻β y)/(1 - c⁻β); needs ``loss="squared_error"`` and c⁻β < 1 (DP: (1-α)β,
+        DP⊤: αβ), as s⁻ blows up at c⁻β = 1.
 
     The gradient is ∇_θ J of the local objective J = (1/β) Σ_k ⟨-δ_k, W_{k-1}(s̄_{k-1})⟩ / B at
     the dyads of :func:`~dualprop_jax.dyads.infer_dyads`, i.e. -(1/β) δ_k s̄_{k-1}ᵀ / B per
@@ -228,6 +295,10 @@ class DualProp(Rule):
     fast: bool = False
     sweep: bool = True
     unroll: int | None = None
+    damped: bool = False
+    power_iterations: int = 1
+    feedback: str = "transpose"
+    output: str = "linearised"
 
     leaves: ClassVar[tuple[str, ...]] = ("alpha", "beta")
 
@@ -275,21 +346,45 @@ class DualProp(Rule):
                 self.fast,
                 "False unless alpha == 0.5 and passes == 0 (fast path = one-sweep DP at α = ½)",
             )
+        if not isinstance(self.damped, bool):
+            raise _bad(who, "damped", self.damped, "True or False")
+        _check_count(who, "power_iterations", self.power_iterations, 1)
+        _check_choice(who, "feedback", self.feedback, FEEDBACKS)
+        _check_choice(who, "output", self.output, OUTPUTS)
+        if self.fast and (self.damped or self.feedback != "transpose" or self.output != "linearised"):
+            raise _bad(
+                who,
+                "fast",
+                self.fast,
+                "False with damped=True, feedback='kolen_pollack' or output='exact' (the fast "
+                "path is plain one-sweep DP)",
+            )
+        if self.output == "exact":
+            if self.loss != "squared_error":
+                raise _bad(
+                    who,
+                    "output",
+                    self.output,
+                    "'linearised' unless loss='squared_error' (the exact output dyad is the "
+                    "closed form of squared error)",
+                )
+            c_minus = (1.0 - alpha) if self.variant == "dp" else alpha
+            if not _is_traced(self.alpha) and not _is_traced(self.beta) and c_minus * beta >= 1:
+                which = "(1-α)β" if self.variant == "dp" else "αβ"
+                raise ValueError(
+                    f"dual_prop(output='exact') needs {which} < 1, got {which} = "
+                    f"{c_minus * beta:g} (alpha={alpha:g}, beta={beta:g}): the exact output "
+                    f"state s⁻ = (a - c⁻β y)/(1 - c⁻β) blows up at c⁻β = 1. Use a smaller beta, "
+                    "or output='linearised'."
+                )
         # Python numbers are normalised to float, so equal rules compare equal.
         for f in self.leaves:
             if not _is_array(getattr(self, f)):
                 object.__setattr__(self, f, float(getattr(self, f)))
         object.__setattr__(self, "passes", int(self.passes))
+        object.__setattr__(self, "power_iterations", int(self.power_iterations))
         if self.unroll is not None:
             object.__setattr__(self, "unroll", int(self.unroll))
-
-    def __eq__(self, other: object) -> bool:
-        if type(other) is not type(self):
-            return NotImplemented
-        return all(_same(getattr(self, f), getattr(other, f)) for f in self.field_names())
-
-    def __hash__(self) -> int:
-        return hash(tuple(_hashable(getattr(self, f)) for f in self.field_names()))
 
     @property
     def name(self) -> str:  # type: ignore[override]
@@ -297,7 +392,55 @@ class DualProp(Rule):
 
     @property
     def label(self) -> str:
-        return f"{self.variant}+fast" if self.fast else self.variant
+        """``variant``, plus ``+fast``, ``+damped``, ``+kp`` and ``+exact`` for the options set."""
+        extras = [
+            tag
+            for tag, on in (
+                ("fast", self.fast),
+                ("damped", self.damped),
+                ("kp", self.feedback == "kolen_pollack"),
+                ("exact", self.output == "exact"),
+            )
+            if on
+        ]
+        return "+".join([self.variant, *extras])
+
+    @property
+    def stateful(self) -> bool:
+        return self.damped
+
+    def init(self, net, params):
+        """``()``, or for the damped rule its power-iteration state
+        (:func:`~dualprop_jax.dyads.init_damping`)."""
+        if self.damped:
+            return dyads.init_damping(net, params, self)
+        return ()
+
+    def init_params(self, net, params, key):
+        """``params``, plus the feedback weights B_k under ``params["feedback"]`` for KP-DP
+        (:func:`~dualprop_jax.dyads.init_feedback`: drawn like W_k, independently of it)."""
+        if self.feedback == "kolen_pollack":
+            return dyads.init_feedback(net, params, key)
+        return params
+
+    def grad(self, net, params, x, y, state=None):
+        if not self.damped:
+            return super().grad(net, params, x, y, state)
+        if state is None:
+            raise ValueError(
+                "the damped rule carries its power-iteration state: call "
+                "rule.grad(net, params, x, y, state) with state = rule.init(net, params)."
+            )
+        return dyads._damped_grad(net, params, x, y, self, state)
+
+    def metrics(self, net, params, state):
+        """KP-DP: the angle (degrees) between B_k and W_k per map; damped: γ_k per map."""
+        out = {}
+        if self.feedback == "kolen_pollack":
+            out.update(dyads.feedback_angles(net, params))
+        if self.damped:
+            out.update(dyads.damping_norms(net, params, state))
+        return out
 
     @property
     def unroll_factor(self) -> int:
@@ -363,6 +506,136 @@ class Backprop(Rule):
 RULES["bp"] = Backprop
 
 
+def _check_energy_common(who: str, rule) -> None:
+    _check_count(who, "free_steps", rule.free_steps, 1)
+    _check_choice(who, "loss", rule.loss, LOSSES)
+    _check_choice(who, "activation", rule.activation, SIGMAS)
+    _check_choice(who, "start", rule.start, STARTS)
+    _check_choice(who, "dtype", rule.dtype, DTYPES)
+    _check_count(who, "unroll", rule.unroll, 1)
+    for f in ("free_steps", "unroll"):
+        object.__setattr__(rule, f, int(getattr(rule, f)))
+
+
+@register
+@dataclasses.dataclass(frozen=True, eq=False)
+class EquilibriumProp(Rule):
+    """Equilibrium propagation (Scellier & Bengio 2017) on the layered net's energy.
+
+    The net EP trains is the recurrent (Hopfield-like) net of the primitive function
+    Φ(x, s; θ) = Σ_{k=0..L-1} ⟨s_{k+1}, W_k(s_k)⟩ (s_0 = x; W_k with its bias, conv, pool), with
+    the relaxation s_k ← σ(∂Φ/∂s_k) = σ(W_{k-1}(s_{k-1}) + J_kᵀ s_{k+1}) of all layers at once
+    (J_kᵀ s_{k+1}: the vjp of map k at s_k), and a linear output layer s_L ← W_{L-1}(s_{L-1}).
+    Its prediction (:meth:`predict`) is the output of the free phase, not the feedforward pass.
+
+    Phases (``lax.fori_loop``s): a free phase of ``free_steps`` (T) steps from ``start``, then
+    ``nudged_steps`` (K) steps from the free state with the output pulled by -β ∂ℓ/∂s_L
+    (one-sided), or two such phases at +β and -β (``nudging="symmetric"``, Laborieux et al.
+    2021). Gradient (the update direction of a descent step, like BP's):
+      one-sided:  ∇θ ≈ -(1/β) (∂Φ/∂θ(s^β) - ∂Φ/∂θ(s^0)) / B
+      symmetric:  ∇θ ≈ -(1/(2β)) (∂Φ/∂θ(s^β) - ∂Φ/∂θ(s^-β)) / B
+    It tends to the gradient of ℓ at the free fixed point as β → 0 with converged phases;
+    the symmetric form's bias is O(β²) instead of O(β).
+
+    Attributes:
+      beta: nudging strength β > 0 (a traced leaf). Default 0.5 (Ernoult et al. 2019,
+        784-512-512-10; Laborieux et al. 2021, conv nets).
+      free_steps: T, relaxation steps of the free phase. Default 100 (Ernoult et al. 2019 for
+        two hidden layers; Laborieux et al. 2021 used 250 for their conv nets).
+      nudged_steps: K, steps of each nudged phase. Default 20 (Ernoult et al. 2019; 30 for
+        Laborieux et al.'s conv nets).
+      nudging: ``"symmetric"`` (default; ±β, Laborieux et al. 2021) or ``"one_sided"``.
+      loss: ``"squared_error"`` (default, the EP literature's MSE on a linear output) or
+        ``"softmax_ce"``.
+      activation: σ of the hidden states: ``"clip"`` (clip(x, 0, 1), the 'hard sigmoid' of
+        Laborieux et al. 2021; default) or ``"identity"`` (a linear net, for closed forms).
+        The model's own activation f is not used.
+      start: where the free phase starts: ``"zero"`` (every state 0; default) or
+        ``"forward"`` (the feedforward pass with σ).
+      dtype: compute dtype of the layer maps.
+      unroll: relaxation steps per iteration of the phase loops (``fori_loop(unroll=...)``).
+    """
+
+    beta: Any = 0.5
+    free_steps: int = 100
+    nudged_steps: int = 20
+    nudging: str = "symmetric"
+    loss: str = "squared_error"
+    activation: str = "clip"
+    start: str = "zero"
+    dtype: str = "float32"
+    unroll: int = 1
+
+    name: ClassVar[str] = "ep"
+    leaves: ClassVar[tuple[str, ...]] = ("beta",)
+
+    def __post_init__(self) -> None:
+        who = "equilibrium_prop"
+        beta = _real(self.beta)
+        if beta is None or not ((math.isfinite(beta) and beta > 0) or _is_traced(self.beta)):
+            raise _bad(who, "beta", self.beta, "a finite real number > 0")
+        _check_count(who, "nudged_steps", self.nudged_steps, 1)
+        _check_choice(who, "nudging", self.nudging, NUDGINGS)
+        _check_energy_common(who, self)
+        object.__setattr__(self, "nudged_steps", int(self.nudged_steps))
+        if not _is_array(self.beta):
+            object.__setattr__(self, "beta", float(self.beta))
+
+    @property
+    def label(self) -> str:
+        return self.name if self.nudging == "symmetric" else f"{self.name}+one_sided"
+
+    def _grad(self, net, params, x, y):
+        return energy._ep_grad(net, params, x, y, self)
+
+    def predict(self, net, params, x):
+        return energy._predict(net, params, x, self)
+
+
+RULES["ep"] = EquilibriumProp
+
+
+@register
+@dataclasses.dataclass(frozen=True, eq=False)
+class ContrastiveHebbian(Rule):
+    """Contrastive Hebbian learning (Movellan 1991) on the same energy and relaxation as
+    :class:`EquilibriumProp`: a free phase, then a phase of ``clamped_steps`` from the free
+    state with the output clamped to the target, s_L = y. Gradient:
+      ∇θ = -(∂Φ/∂θ(s^clamped) - ∂Φ/∂θ(s^free)) / B
+    (anti-Hebbian at the free state, Hebbian at the clamped one). Targets must be labels
+    (one-hot) or arrays of the output's shape; with ``loss="softmax_ce"`` only the reported
+    loss changes.
+
+    Attributes: as for :class:`EquilibriumProp`, without β and nudging; ``clamped_steps``
+    (default 20) replaces ``nudged_steps``.
+    """
+
+    free_steps: int = 100
+    clamped_steps: int = 20
+    loss: str = "squared_error"
+    activation: str = "clip"
+    start: str = "zero"
+    dtype: str = "float32"
+    unroll: int = 1
+
+    name: ClassVar[str] = "chl"
+
+    def __post_init__(self) -> None:
+        who = "chl"
+        _check_count(who, "clamped_steps", self.clamped_steps, 1)
+        _check_energy_common(who, self)
+        object.__setattr__(self, "clamped_steps", int(self.clamped_steps))
+
+    def _grad(self, net, params, x, y):
+        return energy._chl_grad(net, params, x, y, self)
+
+    def predict(self, net, params, x):
+        return energy._predict(net, params, x, self)
+
+
+RULES["chl"] = ContrastiveHebbian
+
+
 def _same(a: object, b: object) -> bool:
     if _is_array(a) or _is_array(b):
         return a is b
@@ -384,6 +657,10 @@ def dual_prop(
     fast: bool = False,
     sweep: bool = True,
     unroll: int | None = None,
+    damped: bool = False,
+    power_iterations: int = 1,
+    feedback: str = "transpose",
+    output: str = "linearised",
 ) -> DualProp:
     """The dual-propagation rule (see :class:`DualProp`); validated here, with clear errors."""
     return DualProp(
@@ -397,7 +674,21 @@ def dual_prop(
         fast=fast,
         sweep=sweep,
         unroll=unroll,
+        damped=damped,
+        power_iterations=power_iterations,
+        feedback=feedback,
+        output=output,
     )
+
+
+def damped_dual_prop(variant: str = "dp_top", **settings) -> DualProp:
+    """Damped (Lipschitz) DP / DP⊤ of Høier & Zach 2024: ``dual_prop(damped=True, ...)``."""
+    return dual_prop(variant, damped=True, **settings)
+
+
+def kolen_pollack(variant: str = "dp", **settings) -> DualProp:
+    """Kolen–Pollack DP (Høier et al. 2023): ``dual_prop(feedback="kolen_pollack", ...)``."""
+    return dual_prop(variant, feedback="kolen_pollack", **settings)
 
 
 def backprop(loss: str = "softmax_ce", dtype: str = "float32") -> Backprop:
@@ -405,7 +696,53 @@ def backprop(loss: str = "softmax_ce", dtype: str = "float32") -> Backprop:
     return Backprop(loss=loss, dtype=dtype)
 
 
-NAMES = ("dp", "dp_top", "bp")
+def equilibrium_prop(
+    beta: float = 0.5,
+    free_steps: int = 100,
+    nudged_steps: int = 20,
+    nudging: str = "symmetric",
+    loss: str = "squared_error",
+    activation: str = "clip",
+    start: str = "zero",
+    dtype: str = "float32",
+    unroll: int = 1,
+) -> EquilibriumProp:
+    """Equilibrium propagation (see :class:`EquilibriumProp`)."""
+    return EquilibriumProp(
+        beta=beta,
+        free_steps=free_steps,
+        nudged_steps=nudged_steps,
+        nudging=nudging,
+        loss=loss,
+        activation=activation,
+        start=start,
+        dtype=dtype,
+        unroll=unroll,
+    )
+
+
+def chl(
+    free_steps: int = 100,
+    clamped_steps: int = 20,
+    loss: str = "squared_error",
+    activation: str = "clip",
+    start: str = "zero",
+    dtype: str = "float32",
+    unroll: int = 1,
+) -> ContrastiveHebbian:
+    """Contrastive Hebbian learning (see :class:`ContrastiveHebbian`)."""
+    return ContrastiveHebbian(
+        free_steps=free_steps,
+        clamped_steps=clamped_steps,
+        loss=loss,
+        activation=activation,
+        start=start,
+        dtype=dtype,
+        unroll=unroll,
+    )
+
+
+NAMES = ("dp", "dp_top", "bp", "ep", "chl")
 """Every rule name, in the order the CLI lists them."""
 
 
@@ -446,17 +783,37 @@ def from_dict(d: dict[str, Any] | str) -> Rule:
     return cls(**d)
 
 
-def from_label(label: str, **settings) -> Rule:
-    """A rule from a table label (``"dp_top"``, ``"bp"``, ``"dp+fast"``) and shared settings.
+LABEL_EXTRAS: dict[str, dict[str, Any]] = {
+    "fast": dict(fast=True, alpha=0.5, passes=0, sweep=True),
+    "damped": dict(damped=True),
+    "kp": dict(feedback="kolen_pollack"),
+    "exact": dict(output="exact", loss="squared_error"),
+    "one_sided": dict(nudging="one_sided"),
+}
+"""What each ``+tag`` of a rule label sets (``"dp_top+damped"``, ``"dp+kp"``, ``"ep+one_sided"``)."""
 
-    Settings the rule does not take are dropped (e.g. ``alpha`` for ``bp``); ``+fast`` sets
-    ``fast=True`` and α = ½.
+
+def from_label(label: str, **settings) -> Rule:
+    """A rule from a table label (``"dp_top"``, ``"bp"``, ``"dp+fast"``, ``"dp_top+damped"``,
+    ``"dp+kp"``, ``"ep+one_sided"``) and shared settings.
+
+    Settings the rule does not take are dropped (e.g. ``alpha`` for ``bp``); each ``+tag`` sets
+    the fields of :data:`LABEL_EXTRAS` (``+fast`` sets ``fast=True`` and α = ½).
     """
-    name, _, extra = label.partition("+")
-    if extra not in ("", "fast"):
-        raise ValueError(f"rule label {label!r} is unknown; use a name {NAMES}, or 'dp+fast'.")
+    name, *extras = label.split("+")
+    if name not in RULES:
+        raise ValueError(f"rule label {label!r} is unknown: {name!r} is not one of {NAMES}.")
     allowed = fields_of(name)
     kept = {k: v for k, v in settings.items() if k in allowed}
-    if extra == "fast":
-        kept.update(fast=True, alpha=0.5, passes=0, sweep=True)
+    for tag in extras:
+        fields = LABEL_EXTRAS.get(tag)
+        if fields is None or not set(fields) <= set(allowed):
+            usable = [t for t, f in LABEL_EXTRAS.items() if set(f) <= set(allowed)]
+            raise ValueError(
+                f"rule label {label!r} is unknown: {name!r} takes the tags {usable} "
+                f"(e.g. {name}+{usable[0]!s}), not {tag!r}."
+                if usable
+                else f"rule label {label!r} is unknown: {name!r} takes no '+' tags."
+            )
+        kept.update(fields)
     return from_dict({"name": name, **kept})
