@@ -31,7 +31,7 @@ import numpy as np
 from flax import nnx
 
 from dualprop_jax import cli, data, distributed, models, parallel, rules, train
-from dualprop_jax.steps import TrainState, make_optimizer, make_train_step
+from dualprop_jax.steps import TrainState, make_optimizer, make_train_step, rule_params
 from dualprop_jax.train_config import TrainConfig
 
 CASES = {  # name: (model, rule)
@@ -39,6 +39,11 @@ CASES = {  # name: (model, rule)
     "cnn_dp_top": ("cnn", "dp_top"),
     "mlp_dp": ("mlp", "dp"),
     "mlp_bp": ("mlp", "bp"),
+    "mlp_dp_top_damped": ("mlp", "dp_top+damped"),
+    "mlp_dp_kp": ("mlp", "dp+kp"),
+    "cnn_dp_kp": ("cnn", "dp+kp"),
+    "mlp_ep": ("mlp", "ep"),
+    "mlp_chl": ("mlp", "chl"),
 }
 STEPS = 3
 GLOBAL_BATCH = 16
@@ -71,12 +76,16 @@ def run_steps(name: str, mesh, steps: int = STEPS) -> dict[str, np.ndarray]:
 
     SGD with momentum on the rule's gradient (linear in it, so a gradient summed instead of
     averaged over devices would show; Adam would hide it); the global batch is split over
-    ``mesh``. DP and DP⊤ use α = 0.3, where they differ.
+    ``mesh``. DP and DP⊤ use α = 0.3, where they differ; EP and CHL run T = 30, K = 10.
+    KP-DP's feedback weights are parameters (compared too); the damped rule's power-iteration
+    state is replicated.
     """
     model, rule_name = CASES[name]
-    rule = rules.from_label(rule_name, alpha=0.3)  # bp takes no alpha: dropped
+    # settings a rule does not take are dropped (alpha for bp, ep, chl; the steps for dp)
+    rule = rules.from_label(rule_name, alpha=0.3, free_steps=30, nudged_steps=10, clamped_steps=10)
     cfg = TrainConfig(model=model, rule=rule, optimizer="sgd", learning_rate=0.1)
     net, params = build(model)
+    params = rule_params(rule, net, params, seed=0)
     optimizer = make_optimizer(cfg, steps_per_epoch=steps)
     batch = parallel.batch_sharding(mesh)
     state = TrainState.create(net, params, cfg.rule, optimizer, mesh)

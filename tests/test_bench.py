@@ -50,20 +50,31 @@ def _check_schema(result, models, labels):
         assert r["step_ms_median"] > 0 and r["compile_s"] > 0
         assert r["peak_bytes"] is None or r["peak_bytes"] > 0
         bp = next(b for b in result["rows"] if b["model"] == r["model"] and b["rule"] == "bp")
-        assert r["ratio_to_bp"] == pytest.approx(r["step_ms_median"] / bp["step_ms_median"])
+        assert r["ratio_to_bp"] == pytest.approx(r["step_ms_median"] / r["bp_step_ms"])
+        if r["rule"].split("+")[0] not in benchmark.ENERGY_RULES:  # timed in BP's own group
+            assert r["bp_step_ms"] == bp["step_ms_median"]
+        else:  # EP / CHL: their own group, with BP timed again, and their T and K
+            assert r["T"] >= 1 and r["K"] >= 1 and r["relaxation_steps"] >= r["T"] + r["K"]
 
 
 def test_run_benchmark_reports_every_rule_on_the_same_model_and_batch():
-    result = benchmark.run_benchmark(["tiny"], batch=8, steps=3, warmup=1, specs={"tiny": TINY})
+    result = benchmark.run_benchmark(
+        ["tiny"], batch=8, steps=3, warmup=1, specs={"tiny": TINY}, free_steps=10,
+        nudged_steps=4,
+    )  # fmt: skip
     _check_schema(result, ["tiny"], benchmark.RULES)
     rows = result["rows"]
     assert all(r["batch"] == 8 and r["steps"] == 3 for r in rows)
+    ep = next(r for r in rows if r["rule"] == "ep")
+    assert (ep["T"], ep["K"], ep["relaxation_steps"]) == (10, 4, 18)  # symmetric: T + 2K
     assert next(r for r in rows if r["rule"] == "bp")["ratio_to_bp"] == 1.0
     # fairness: every rule's first step saw the same parameters and batch, so they all
     # report the loss that raw jax computes for the NNX module on that batch
+    # (EP and CHL report the squared error of their free phase instead)
     expected = _raw_loss(TINY, 8)
     for r in rows:
-        assert r["first_loss"] == pytest.approx(expected, rel=1e-5), r["rule"]
+        if r["rule"] not in benchmark.ENERGY_RULES:
+            assert r["first_loss"] == pytest.approx(expected, rel=1e-5), r["rule"]
 
 
 def test_rule_configs():
@@ -76,8 +87,16 @@ def test_rule_configs():
     fast = rule("dp+fast", 0.5, 0.02, "bfloat16", 0)
     assert fast.fast and fast.beta == 0.02 and fast.dtype == "bfloat16"
     assert fast.variant == "dp" and fast.label == "dp+fast"
+    # EP keeps its own β (0.5), not DP's 0.01; T and K come from the bench settings
+    ep = rule("ep", 0.5, 0.01, "float32", 0, 40, 7)
+    assert (ep.beta, ep.free_steps, ep.nudged_steps, ep.nudging) == (0.5, 40, 7, "symmetric")
+    assert rule("chl", 0.5, 0.01, "float32", 0, 40, 7) == rules.chl(free_steps=40, clamped_steps=7)
+    assert rule("dp_top+damped", 0.3, 0.02, "float32", 2) == rules.dual_prop(
+        "dp_top", alpha=0.3, beta=0.02, passes=2, damped=True
+    )
+    assert rule("dp+kp", 0.5, 0.01, "float32", 0).feedback == "kolen_pollack"
     with pytest.raises(ValueError, match="unknown"):
-        benchmark.train_config("ep", 0.5, 0.01, "float32", 0)
+        benchmark.train_config("hebb", 0.5, 0.01, "float32", 0)
     with pytest.raises(ValueError, match="bp"):
         benchmark.bench_model("tiny", TINY, batch=4, steps=1, rule_labels=("dp_top",))
 
@@ -108,7 +127,7 @@ def test_cli_writes_the_json_it_prints(tmp_path, capsys):
     _check_schema(result, ["mlp"], ["bp", "dp_top", "dp+fast"])
     printed = capsys.readouterr().out
     for r in result["rows"]:
-        assert f"| mlp | {r['rule']} | 4 | {r['step_ms_median']:.2f} |" in printed
+        assert f"| mlp | {r['rule']} | - | 4 | {r['step_ms_median']:.2f} |" in printed
     assert result["command"].startswith("dualprop bench --models mlp")
 
 

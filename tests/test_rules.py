@@ -142,7 +142,7 @@ def test_names_dicts_and_labels_round_trip():
     ("make", "match"),
     [
         (lambda: rules.from_dict({"name": "bp", "beta": 0.1}), r"'bp' has no setting.*beta"),
-        (lambda: rules.from_dict({"name": "ep"}), r"'ep' is unknown.*\('dp', 'dp_top', 'bp'\)"),
+        (lambda: rules.from_dict({"name": "hebb"}), r"'hebb' is unknown.*'dp', 'dp_top', 'bp'"),
         (lambda: rules.from_dict({"alpha": 0.5}), r"'name' key"),
         (lambda: rules.backprop(loss="hinge"), r"loss='hinge'.*one of"),
         (lambda: rules.dual_prop(beta=-1.0), r"beta=-1.0.*finite real number > 0"),

@@ -7,9 +7,13 @@ Pure functions compute the dyads (s⁺, s⁻) of a layered Flax NNX network and 
     import dualprop_jax as dp
     rule = dp.rules.dual_prop(variant="dp_top", alpha=0.5, beta=0.01)
     grads, aux = rule.grad(net, params, x, y)
+
+The same interface holds the DP variants (damped DP, Kolen–Pollack DP, the exact squared-error
+output), back-propagation, and the baselines the papers compare against: equilibrium
+propagation and contrastive Hebbian learning (:mod:`dualprop_jax.energy`).
 """
 
-from dualprop_jax import rules
+from dualprop_jax import energy, rules
 from dualprop_jax.checkpoints import load_checkpoint
 from dualprop_jax.config import DPConfig
 from dualprop_jax.data import Dataset, load_dataset
@@ -87,6 +91,7 @@ __all__ = [
     "conv_net",
     "delta",
     "dual_activation",
+    "energy",
     "evaluate",
     "fast_grad",
     "feedback",

@@ -16,7 +16,12 @@ random data: 45k images 32x32x3, batch 100, random crop + flip; or a real datase
 Fashion-MNIST), and relates each epoch to the cost of its steps.
 
 Rows name rules by their label (:func:`dualprop_jax.rules.from_label`): ``bp``, ``dp_top``,
-``dp`` and ``dp+fast`` (the fast path of the 2023 rule, α = ½).
+``dp``, ``dp+fast`` (the fast path of the 2023 rule, α = ½), ``dp_top+damped`` (damped DP⊤),
+``dp+kp`` (Kolen–Pollack DP), ``ep`` (equilibrium propagation, symmetric nudging) and ``chl``
+(contrastive Hebbian learning). EP and CHL relax for T + K (EP symmetric: T + 2K) steps per
+train step, so they are timed in a second interleaved group with BP again and fewer steps
+(:data:`ENERGY_STEPS`); every row's ``ratio_to_bp`` divides by the BP median of its own group
+(``bp_step_ms``), and EP/CHL rows carry their T and K.
 """
 
 from __future__ import annotations
@@ -37,11 +42,16 @@ from flax import nnx
 from dualprop_jax import models, rules
 from dualprop_jax.data import Dataset
 from dualprop_jax.loop import train_epoch
-from dualprop_jax.steps import TrainState, make_optimizer, make_train_step
+from dualprop_jax.steps import TrainState, make_optimizer, make_train_step, rule_params
 from dualprop_jax.train_config import TrainConfig
 
-RULES = ("bp", "dp_top", "dp", "dp+fast")
-"""Default rows: back-propagation; DP⊤ and DP with one top-down sweep; the fast path."""
+RULES = ("bp", "dp_top", "dp", "dp+fast", "dp_top+damped", "dp+kp", "ep", "chl")
+"""Default rows: back-propagation; DP⊤ and DP with one top-down sweep; the fast path; damped
+DP⊤; KP-DP; EP and CHL at their literature settings (:data:`ENERGY_RULES`)."""
+ENERGY_RULES = ("ep", "chl")
+"""Rules that relax to equilibrium (T + K steps per train step): timed in their own group."""
+ENERGY_STEPS = {"mlp": 5, "cnn": 3, "vgg16": 1}
+"""Timed steps of the EP / CHL group per model (after one warm-up step)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,29 +97,59 @@ DEFAULT_STEPS = {"mlp": 200, "cnn": 60, "vgg16": 20}
 MULTIPASS_STEPS = {"mlp": 30, "cnn": 10, "vgg16": 5}
 """Timed steps per row of :func:`bench_multipass` (each step runs ~K sweeps)."""
 BENCH_OPTIONS = dict(
-    warmup=5, rule_labels=RULES, alpha=0.5, beta=0.01, dtype="float32", passes=0, seed=0
+    warmup=5,
+    rule_labels=RULES,
+    alpha=0.5,
+    beta=0.01,
+    dtype="float32",
+    passes=0,
+    seed=0,
+    free_steps=100,
+    nudged_steps=20,
+    energy_steps=None,
 )
 """The settings every row of a benchmark shares, with their defaults."""
 CPU_VGG_BATCH = 8
 
 
-def train_config(label: str, alpha: float, beta: float, dtype: str, passes: int) -> TrainConfig:
+def train_config(
+    label: str,
+    alpha: float,
+    beta: float,
+    dtype: str,
+    passes: int,
+    free_steps: int = 100,
+    nudged_steps: int = 20,
+) -> TrainConfig:
     """The training config of one benchmark row: its rule and the shared optimizer.
 
     Every rule uses the paper's VGG optimizer, SGD with momentum 0.9, decoupled weight decay
     5e-4 and a constant learning rate of 0.01 (:func:`dualprop_jax.make_optimizer`).
-    ``dp+fast`` is the 2023 rule on the fast path (α = ½ there, one sweep).
+    ``dp+fast`` is the 2023 rule on the fast path (α = ½ there, one sweep). α, β and passes
+    are DP's; EP keeps its own β (0.5) and takes T = ``free_steps``, K = ``nudged_steps``
+    (CHL: K clamped steps).
     """
-    rule = rules.from_label(label, alpha=alpha, beta=beta, dtype=dtype, passes=passes)
+    if label.split("+")[0] in ENERGY_RULES:
+        rule = rules.from_label(
+            label,
+            dtype=dtype,
+            free_steps=free_steps,
+            nudged_steps=nudged_steps,
+            clamped_steps=nudged_steps,
+        )
+    else:
+        rule = rules.from_label(label, alpha=alpha, beta=beta, dtype=dtype, passes=passes)
     return TrainConfig(
         rule=rule, optimizer="sgd", learning_rate=0.01, momentum=0.9, weight_decay=5e-4
     )
 
 
 def _init(spec: ModelSpec, config: TrainConfig, seed: int, *, augment: bool = False, layout=None):
-    """``(step, state)`` of one row: the jitted, donating train step and a fresh state."""
+    """``(step, state)`` of one row: the jitted, donating train step and a fresh state (with
+    the rule's own weights and state: KP's B_k, the damped rule's power iteration)."""
     kw = {} if layout is None else {"layout": layout}
     net, params = models.split(spec.build(nnx.Rngs(seed), **kw))
+    params = rule_params(config.rule, net, params, seed)
     optimizer = make_optimizer(config, steps_per_epoch=1)  # constant rate: no schedule
     step = make_train_step(net, config.rule, optimizer, donate=True, augment=augment)
     return step, TrainState.create(net, params, config.rule, optimizer)
@@ -187,21 +227,54 @@ def bench_model(
     dtype: str = "float32",
     passes: int = 0,
     seed: int = 0,
+    free_steps: int = 100,
+    nudged_steps: int = 20,
+    energy_steps: int | None = None,
 ) -> list[dict]:
-    """Time the train step of each rule on one model; one row per rule."""
+    """Time the train step of each rule on one model; one row per rule.
+
+    EP / CHL rows (:data:`ENERGY_RULES`) are timed in a second group, interleaved with BP
+    again, for ``energy_steps`` steps (default :data:`ENERGY_STEPS`, at most ``steps``) after
+    one warm-up step.
+    """
     _check_rules(rule_labels)
-    entries = {
-        label: _init(spec, train_config(label, alpha, beta, dtype, passes), seed)
-        for label in rule_labels
-    }
-    timed = _time_steps(entries, spec, batch, seed, warmup, steps)
-    bp_ms = timed["bp"]["step_ms_median"]
-    return [
-        {"model": name, "rule": label, "batch": batch, "dtype": dtype, "steps": steps}
-        | timed[label]
-        | {"ratio_to_bp": timed[label]["step_ms_median"] / bp_ms}
-        for label in rule_labels
-    ]
+    energy = [label for label in rule_labels if label.split("+")[0] in ENERGY_RULES]
+    fast = [label for label in rule_labels if label not in energy]
+
+    def entries(labels):
+        return {
+            label: _init(
+                spec,
+                train_config(label, alpha, beta, dtype, passes, free_steps, nudged_steps),
+                seed,
+            )
+            for label in labels
+        }
+
+    group = _time_steps(entries(fast), spec, batch, seed, warmup, steps)
+    timed = {label: (group[label], group["bp"]) for label in fast}  # (row, its group's BP)
+    if energy:
+        n = min(steps, energy_steps or ENERGY_STEPS.get(name, 3))
+        group = _time_steps(entries(["bp", *energy]), spec, batch, seed, min(warmup, 1), n)
+        timed |= {label: (group[label], group["bp"]) for label in energy}
+    rows = []
+    for label in rule_labels:
+        t, ref = timed[label]
+        bp_ms = ref["step_ms_median"]
+        relax = {}
+        if label in energy:
+            rule = train_config(label, alpha, beta, dtype, passes, free_steps, nudged_steps).rule
+            k = getattr(rule, "nudged_steps", getattr(rule, "clamped_steps", None))
+            phases = 2 if getattr(rule, "nudging", "") == "symmetric" else 1
+            relax = {"T": rule.free_steps, "K": k, "relaxation_steps": rule.free_steps + phases * k}
+        rows.append(
+            {"model": name, "rule": label, "batch": batch, "dtype": dtype}
+            | {"steps": n if label in energy else steps}
+            | t
+            | relax
+            | {"bp_step_ms": bp_ms, "ratio_to_bp": t["step_ms_median"] / bp_ms}
+        )
+    return rows
 
 
 def _time_steps(entries: dict, spec: ModelSpec, batch: int, seed: int, warmup: int, steps: int):
@@ -444,7 +517,8 @@ def run_benchmark(
     """The benchmark result dict: environment, settings, notes and one row per (model, rule).
 
     ``options`` go to :func:`bench_model` (defaults :data:`BENCH_OPTIONS`): ``warmup``,
-    ``rule_labels``, ``alpha``, ``beta``, ``dtype``, ``passes``, ``seed``.
+    ``rule_labels``, ``alpha``, ``beta``, ``dtype``, ``passes``, ``seed``, ``free_steps``,
+    ``nudged_steps``, ``energy_steps``.
     """
     specs = MODELS if specs is None else specs
     unknown_options = sorted(set(options) - set(BENCH_OPTIONS))
@@ -470,6 +544,8 @@ def run_benchmark(
         "jax_version": jax.__version__,
         "settings": {
             **{k: options[k] for k in ("alpha", "beta", "dtype", "passes", "warmup")},
+            "ep_chl": f"T={options['free_steps']}, K={options['nudged_steps']}, EP β=0.5 "
+            "symmetric; timed with BP in their own group (ENERGY_STEPS)",
             "optimizer": "sgd momentum 0.9, decoupled weight decay 5e-4, lr 0.01",
             "peak_bytes": "XLA memory analysis of the compiled step: arguments + outputs "
             "- donated + temporaries",

@@ -24,7 +24,7 @@ from flax import nnx
 
 from dualprop_jax import models
 from dualprop_jax.errors import TrainingError
-from dualprop_jax.steps import build_model, make_optimizer
+from dualprop_jax.steps import build_model, make_optimizer, rule_params
 from dualprop_jax.train_config import FREE_ON_RESUME, TrainConfig
 
 MAX_TO_KEEP = 2
@@ -217,6 +217,7 @@ def load_checkpoint(workdir: str | os.PathLike, epoch: int | None = None):
     meta = mgr.restore(epoch, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
     model = build_model(config, meta["input_shape"], meta["num_classes"], nnx.Rngs(config.seed))
     net, params = models.split(model)
+    params = rule_params(config.rule, net, params, config.seed)
     # the optimizer state's structure does not depend on the number of steps
     opt_state = make_optimizer(config, 1).init(params)
     target = {"params": params, "opt_state": opt_state, "best_params": params}

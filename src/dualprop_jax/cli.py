@@ -85,18 +85,66 @@ _FLAGS: dict[str, tuple[str, dict]] = {
     ),
 }
 
-# flag -> (rule setting, argparse kwargs): they set TrainConfig.rule
+# flag -> (rule setting, argparse kwargs): they set TrainConfig.rule. A help text ending in
+# "(default: ...)" says the defaults itself (they differ between rules).
 _RULE_FLAGS: dict[str, tuple[str, dict]] = {
     "--alpha": ("alpha", dict(type=float, help="nudging asymmetry α in [0, 1] (dp, dp_top)")),
-    "--beta": ("beta", dict(type=float, help="nudging strength β > 0 (dp, dp_top)")),
+    "--beta": (
+        "beta",
+        dict(type=float, help="nudging strength β > 0 (dp, dp_top: 0.01; ep: 0.5) (default: -)"),
+    ),
     "--passes": ("passes", dict(type=int, help="extra inference passes (dp, dp_top; 0: one)")),
     "--schedule": ("schedule", dict(choices=rules.SCHEDULES, help="of the extra passes")),
     "--unroll": (
         "unroll",
-        dict(type=int, help="passes per iteration of the pass loop (1: rolled; None: automatic)"),
+        dict(
+            type=int,
+            help="loop iterations unrolled: passes per iteration of the pass loop (dp, dp_top; "
+            "1: rolled, None: automatic) or relaxation steps per iteration (ep, chl: 1) "
+            "(default: -)",
+        ),
     ),
-    "--loss": ("loss", dict(choices=rules.LOSSES)),
+    "--loss": (
+        "loss",
+        dict(choices=rules.LOSSES, help="(default: softmax_ce; ep, chl: squared_error)"),
+    ),
     "--dtype": ("dtype", dict(choices=rules.DTYPES, help="compute dtype (params stay float32)")),
+    "--power-iterations": (
+        "power_iterations",
+        dict(type=int, help="power-iteration steps per train step (dp, dp_top with --damped)"),
+    ),
+    "--feedback": (
+        "feedback",
+        dict(choices=rules.FEEDBACKS, help="kolen_pollack: KP-DP, separate feedback weights B_k"),
+    ),
+    "--output": (
+        "output",
+        dict(choices=rules.OUTPUTS, help="exact: the exact squared-error output dyad (2023)"),
+    ),
+    "--free-steps": (
+        "free_steps",
+        dict(type=int, help="T, relaxation steps of the free phase (ep, chl) (default: 100)"),
+    ),
+    "--nudged-steps": (
+        "nudged_steps",
+        dict(type=int, help="K, steps of each nudged phase (ep) (default: 20)"),
+    ),
+    "--clamped-steps": (
+        "clamped_steps",
+        dict(type=int, help="steps of the clamped phase (chl) (default: 20)"),
+    ),
+    "--nudging": (
+        "nudging",
+        dict(choices=rules.NUDGINGS, help="EP's nudged phases: ±β or +β (default: symmetric)"),
+    ),
+    "--sigma": (
+        "activation",
+        dict(choices=rules.SIGMAS, help="state activation σ of ep, chl (default: clip)"),
+    ),
+    "--start": (
+        "start",
+        dict(choices=rules.STARTS, help="where the free phase starts (ep, chl) (default: zero)"),
+    ),
 }
 
 
@@ -116,7 +164,7 @@ def _train_parser(sub) -> None:
     train = _command(
         sub,
         "train",
-        "train a network with a learning rule (DP, DP⊤ or BP)",
+        "train a network with a learning rule (DP, DP⊤, their variants, BP, EP or CHL)",
         "Train and evaluate; writes results.json, metrics.csv, curves.png and checkpoints to "
         "--workdir. Flags override a --config file, which overrides the defaults.",
     )
@@ -139,10 +187,18 @@ def _train_parser(sub) -> None:
         train.add_argument(flag, dest=field, default=None, **_with_default(kwargs, default))
     rule = train.add_argument_group("learning rule (TrainConfig.rule)")
     rule.add_argument(
-        "--rule", "--algo", dest="rule_name", choices=rules.NAMES, help="(default: dp_top)"
+        "--rule",
+        "--algo",
+        dest="rule_name",
+        choices=rules.NAMES,
+        help="dp, dp_top: dual propagation; bp: back-propagation; ep: equilibrium "
+        "propagation; chl: contrastive Hebbian learning (default: dp_top)",
     )
     for flag, (setting, kwargs) in _RULE_FLAGS.items():
-        kwargs = _with_default(kwargs, getattr(_DEFAULT_RULE, setting))
+        if "(default: -)" in kwargs["help"]:
+            kwargs = {**kwargs, "help": kwargs["help"].replace(" (default: -)", "")}
+        elif "(default:" not in kwargs["help"]:
+            kwargs = _with_default(kwargs, getattr(_DEFAULT_RULE, setting))
         if "choices" not in kwargs:
             kwargs["metavar"] = setting.upper()
         rule.add_argument(flag, dest=f"rule_{setting}", default=None, **kwargs)
@@ -154,6 +210,10 @@ def _train_parser(sub) -> None:
         "--no-sweep", dest="rule_sweep", action="store_const", const=False, default=None,
         help="no top-down sweep before the extra passes (bottom_up + --passes K-1 = the 2024 "
         "scripts' fwK with K passes)",
+    )  # fmt: skip
+    rule.add_argument(
+        "--damped", dest="rule_damped", action="store_const", const=True, default=None,
+        help="damped (Lipschitz) DP updates of the 2024 paper (dp, dp_top)",
     )  # fmt: skip
     aug = train.add_mutually_exclusive_group()
     aug.add_argument(
@@ -177,7 +237,7 @@ def _bench_parser(sub) -> None:
     p = _command(
         sub,
         "bench",
-        "time the train step of BP, DP⊤, DP and the fast path on the same model",
+        "time the train step of BP, DP⊤, DP, its variants, EP and CHL on the same model",
         "Time the jitted train step (gradient + optax update) of each rule on the same model "
         "and batch; print a table (and write JSON with --out).",
     )
@@ -191,6 +251,15 @@ def _bench_parser(sub) -> None:
     p.add_argument("--alpha", type=float, default=0.5)
     p.add_argument("--beta", type=float, default=0.01)
     p.add_argument("--passes", type=int, default=0, help="extra inference passes for dp/dp_top")
+    p.add_argument("--free-steps", type=int, default=100, help="T of the ep and chl rows")
+    p.add_argument(
+        "--nudged-steps", type=int, default=20, help="K of the ep rows (chl: clamped steps)"
+    )
+    p.add_argument(
+        "--energy-steps",
+        type=int,
+        help=f"timed steps of the ep/chl group (default {b.ENERGY_STEPS})",
+    )
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     p.add_argument(
         "--multipass",
@@ -270,13 +339,14 @@ def _rule_from_args(args: argparse.Namespace, given: dict | str | None) -> dict:
     flags = {s: getattr(args, f"rule_{s}") for _, (s, _) in _RULE_FLAGS.items()}
     flags["fast"] = args.rule_fast
     flags["sweep"] = args.rule_sweep
+    flags["damped"] = args.rule_damped
     flags = {s: v for s, v in flags.items() if v is not None}
     misplaced = [s for s in flags if s not in rules.fields_of(name)]
     if misplaced:
         shown = ", ".join(f"--{s}" for s in misplaced)
         raise ValueError(
             f"{shown} does not apply to --rule {name} (its settings: "
-            f"{', '.join(rules.fields_of(name))}); drop it, or choose --rule dp_top or dp."
+            f"{', '.join(rules.fields_of(name))}); drop it, or choose a --rule that takes it."
         )
     return {**rule, **flags, "name": name}
 
@@ -431,16 +501,17 @@ def format_table(result: dict) -> str:
     if result.get("rows"):
         lines += [
             "",
-            "| model | rule | batch | step ms (median) | IQR ms | ratio to BP | compile s "
-            "| peak MB |",
-            "|---|---|---|---|---|---|---|---|",
+            "| model | rule | T, K | batch | step ms (median) | IQR ms | ratio to BP "
+            "| compile s | peak MB |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
     for r in result.get("rows", []):
         peak = f"{r['peak_bytes'] / 2**20:.0f}" if r.get("peak_bytes") else "n/a"
         q1, q3 = r["step_ms_iqr"]
+        relax = f"{r['T']}, {r['K']}" if "T" in r else "-"
         lines.append(
-            f"| {r['model']} | {r['rule']} | {r['batch']} | {r['step_ms_median']:.2f} | "
-            f"{q1:.2f}-{q3:.2f} | {r['ratio_to_bp']:.3f} | {r['compile_s']:.1f} | {peak} |"
+            f"| {r['model']} | {r['rule']} | {relax} | {r['batch']} | {r['step_ms_median']:.2f} "
+            f"| {q1:.2f}-{q3:.2f} | {r['ratio_to_bp']:.3f} | {r['compile_s']:.1f} | {peak} |"
         )
     if result.get("multipass_rows"):
         lines += [
@@ -499,6 +570,8 @@ def cmd_bench(args: argparse.Namespace, argv: list[str]) -> int:
         _names(args.models), batch=args.batch, vgg_batch=args.vgg_batch, steps=args.steps,
         vgg_steps=args.vgg_steps, warmup=args.warmup, rule_labels=_names(args.rules),
         alpha=args.alpha, beta=args.beta, dtype=args.dtype, passes=args.passes,
+        free_steps=args.free_steps, nudged_steps=args.nudged_steps,
+        energy_steps=args.energy_steps,
     )  # fmt: skip
     if args.multipass:
         result["multipass_rows"] = _multipass_rows(benchmark, args, result)

@@ -17,6 +17,20 @@ ALGORITHM.md and the official DP⊤ code), while DP takes g at the current outpu
 convention). A hidden layer's feedback vjp is taken at its current mean s̄_k, where the map is
 applied (the official code uses s⁺_k, the same for maps that are linear in s_k).
 
+Variants (fields of the rule):
+  damped (Høier & Zach 2024): hidden updates s⁺_k = f((a_k + c⁺ fb_k + L_k s⁺_k)/(1 + L_k)),
+    s⁻_k = f((a_k - c⁻ fb_k + L_k s⁻_k)/(1 + L_k)), with s±_k on the right the current state
+    (the forward activity in the sweep) and L_k = max(0, (γ_k² - 1)/2), γ_k the spectral norm
+    of map k (layer k → k+1: the map the state s_k feeds, as in the official 2024 code),
+    estimated by power iteration on the linear part of the map's pool-free core. L_k = 0
+    gives the plain update bit for bit; for ReLU the fixed points are the same for every L_k.
+  Kolen–Pollack (Høier et al. 2023): fb_k is the vjp of map k with its kernel W_k replaced by
+    separate weights B_k (``params["feedback"][k]["kernel"]``), at the same point s̄_k; B_k's
+    gradient is W_k's kernel gradient, so an optimizer with weight decay drives B_k → W_k.
+  exact output (squared error, 2023 MLP code): s⁺_L = (a_L + c⁺β t)/(1 + c⁺β),
+    s⁻_L = (a_L - c⁻β t)/(1 - c⁻β), the minimiser of ½‖s - a_L‖² + c⁺β ½‖s - t‖² and the
+    stationary point of ½‖s - a_L‖² - c⁻β ½‖s - t‖² (t the target), at the current a_L.
+
 Weight update: with the dyads fixed, the gradient of the local objective
   J(θ) = (1/β) Σ_k ⟨-δ_k, W_{k-1}(s̄_{k-1})⟩ / B
 i.e. ∇_{W_{k-1}} J = -(1/β) δ_k s̄_{k-1}ᵀ (a Hebbian outer product), which tends to the BP
@@ -46,7 +60,7 @@ import jax
 import jax.numpy as jnp
 
 from dualprop_jax.losses import loss_gradient, per_example_loss, targets_as_array
-from dualprop_jax.models import LayeredNet
+from dualprop_jax.models import LayeredNet, kernel_initializer
 
 if TYPE_CHECKING:
     from dualprop_jax.rules import DualProp as DPConfig
@@ -107,55 +121,119 @@ def _output_nudge(a_L, beta_g, config: DPConfig):
     return a - c_plus * beta_g, a + c_minus * beta_g
 
 
+def _output_dyad(a_L, t, beta_g, config: DPConfig):
+    """The output dyad: the linearised nudge (:func:`_output_nudge`), or with
+    ``config.output == "exact"`` the squared-error closed form at the current a_L,
+    s⁺_L = (a_L + c⁺β t)/(1 + c⁺β),  s⁻_L = (a_L - c⁻β t)/(1 - c⁻β) (``beta_g`` unused)."""
+    if config.output != "exact":
+        return _output_nudge(a_L, beta_g, config)
+    c_plus, c_minus = config.nudge_coefficients
+    a = a_L.astype(_wide(a_L.dtype))
+    t = t.astype(a.dtype)
+    b_plus, b_minus = c_plus * config.beta, c_minus * config.beta
+    return (a + b_plus * t) / (1.0 + b_plus), (a - b_minus * t) / (1.0 - b_minus)
+
+
 def _beta_g(a_L, t, config: DPConfig):
     """βg with g = ∇ℓ(a_L, t), in at least float32."""
     return config.beta * loss_gradient(config.loss, a_L.astype(_wide(a_L.dtype)), t)
 
 
-def _hidden_update(net: LayeredNet, a, fb, config: DPConfig):
+def _hidden_update(net: LayeredNet, a, fb, config: DPConfig, damping=None, s_now=None):
     """s⁺_k = f(a_k + c⁺ fb_k),  s⁻_k = f(a_k - c⁻ fb_k), in at least float32.
 
     f is applied once, to the two pre-activations stacked on a new leading axis. (With two
     separate f calls XLA's CPU backend recomputed δ_k in each of its consumers and stored a
     full-size broadcast of α for the max-pool of s̄; stacked, it does neither.)
+
+    Damped (``damping`` = L_k, a scalar): each pre-activation p± = a_k ± c± fb_k becomes
+    (p± + L_k s±_now)/(1 + L_k), with ``s_now`` the current states stacked as (s⁺, s⁻) on a
+    leading axis, or one state shared by both. Where L_k = 0 the plain p± is selected, so the
+    result is bit-identical to the undamped update.
     """
     c_plus, c_minus = config.nudge_coefficients
     wide = _wide(a.dtype)
     a, fb = a.astype(wide), fb.astype(wide)
     coef = jnp.asarray([c_plus, -c_minus], wide).reshape((2,) + (1,) * a.ndim)
-    s_pm = net.f(a[None] + coef * fb[None])
+    p = a[None] + coef * fb[None]
+    if damping is not None:
+        s_now = s_now.astype(wide)
+        if s_now.ndim == a.ndim:
+            s_now = s_now[None]
+        L_k = jnp.asarray(damping, wide)
+        p = jnp.where(L_k > 0, (p + L_k * s_now) / (1.0 + L_k), p)
+    s_pm = net.f(p)
     return s_pm[0], s_pm[1]
+
+
+def _map_vjp(net: LayeredNet, k: int, params_k, s_k, cotangent, dtype=None):
+    """J_kᵀ c: the vjp of map k with parameters ``params_k`` at s_k, applied to c."""
+    a, vjp = jax.vjp(lambda s: net.apply_map(k, params_k, s, dtype), s_k)
+    return vjp(cotangent.astype(a.dtype))[0]
 
 
 def feedback(net: LayeredNet, params, k: int, s_bar_k, delta_next, dtype=None):
     """fb_k = J_kᵀ δ_{k+1}: the vjp of map k (layer k → k+1) at s̄_k, applied to δ_{k+1}."""
-    a, vjp = jax.vjp(lambda s: net.apply_map(k, net.layer_params(params, k), s, dtype), s_bar_k)
-    return vjp(delta_next.astype(a.dtype))[0]
+    return _map_vjp(net, k, net.layer_params(params, k), s_bar_k, delta_next, dtype)
+
+
+def _kolen_pollack(config) -> bool:
+    return getattr(config, "feedback", "transpose") == "kolen_pollack"
+
+
+def _feedback_params(net: LayeredNet, params, k: int, config: DPConfig):
+    """The parameters of the map whose vjp gives fb_k: map k's own, or for Kolen–Pollack DP
+    map k's with the kernel W_k replaced by B_k (the bias does not enter a vjp in s)."""
+    params_k = net.layer_params(params, k)
+    if _kolen_pollack(config):
+        return {**params_k, "kernel": params["feedback"][k]["kernel"]}
+    return params_k
 
 
 def _update_layer(
-    net: LayeredNet, params, k: int, sp: list, sm: list, t, beta_g_hat, config: DPConfig, dtype
+    net: LayeredNet,
+    params,
+    k: int,
+    sp: list,
+    sm: list,
+    t,
+    beta_g_hat,
+    config: DPConfig,
+    dtype,
+    damping=None,
 ) -> None:
     """Re-solve layer k (1..L) in place from the current dyads of layers k-1 and k+1.
 
     The output layer's nudge βg is taken at the current a_L for DP (2023) and held at the
-    forward prediction, βg(ŷ) = ``beta_g_hat``, for DP⊤ (its Lagrangian is linearised at ŷ).
+    forward prediction, βg(ŷ) = ``beta_g_hat``, for DP⊤ (its Lagrangian is linearised at ŷ);
+    the exact output is solved at the current a_L for both. ``damping``: the damped rule's
+    L_k per hidden layer k (a dict), or None.
     """
     alpha, L = config.alpha, net.num_maps
     s_bar_prev = alpha * sp[k - 1] + (1 - alpha) * sm[k - 1]
     a = net.apply_map(k - 1, net.layer_params(params, k - 1), s_bar_prev, dtype)
     if k == L:
         beta_g = _beta_g(a, t, config) if config.variant == "dp" else beta_g_hat
-        sp[k], sm[k] = _output_nudge(a, beta_g, config)
+        sp[k], sm[k] = _output_dyad(a, t, beta_g, config)
     else:
         s_bar_k = alpha * sp[k] + (1 - alpha) * sm[k]
-        fb = feedback(net, params, k, s_bar_k, sp[k + 1] - sm[k + 1], dtype)
-        sp[k], sm[k] = _hidden_update(net, a, fb, config)
+        fb_params = _feedback_params(net, params, k, config)
+        fb = _map_vjp(net, k, fb_params, s_bar_k, sp[k + 1] - sm[k + 1], dtype)
+        if damping is None:
+            sp[k], sm[k] = _hidden_update(net, a, fb, config)
+        else:
+            s_now = jnp.stack([sp[k], sm[k]])
+            sp[k], sm[k] = _hidden_update(net, a, fb, config, damping[k], s_now)
 
 
-def _infer(net: LayeredNet, params, x, y, config: DPConfig):
-    """Dyads of every layer, the forward prediction ŷ and the target array t."""
+def _infer(net: LayeredNet, params, x, y, config: DPConfig, damping=None):
+    """Dyads of every layer, the forward prediction ŷ and the target array t.
+
+    ``damping``: the damped rule's L_k for each hidden layer k = 1..L-1 (a dict), or None.
+    """
     _check_inputs(x, y)
+    if _kolen_pollack(config):
+        _check_feedback(net, params)
     dtype = jnp.dtype(config.dtype)
     L = net.num_maps
     # Forward pass: s⁺ = s⁻ = feedforward activity; keep each map's vjp for the sweep.
@@ -171,11 +249,18 @@ def _infer(net: LayeredNet, params, x, y, config: DPConfig):
     t = targets_as_array(y_hat.astype(_wide(dtype)), y)
     beta_g_hat = _beta_g(y_hat, t, config)
     sp, sm = list(s), list(s)
-    sp[L], sm[L] = _output_nudge(y_hat, beta_g_hat, config)
+    sp[L], sm[L] = _output_dyad(y_hat, t, beta_g_hat, config)
     # One top-down sweep, linearised at the forward activities (s̄_k = s_k before layer k moves).
     for k in range(L - 1, 0, -1) if config.sweep else ():
-        fb = vjps[k + 1]((sp[k + 1] - sm[k + 1]).astype(a[k + 1].dtype))[0]
-        sp[k], sm[k] = _hidden_update(net, a[k], fb, config)
+        d = sp[k + 1] - sm[k + 1]
+        if _kolen_pollack(config):  # map k with B_k, at the same point s_k
+            fb = _map_vjp(net, k, _feedback_params(net, params, k, config), s[k], d, dtype)
+        else:
+            fb = vjps[k + 1](d.astype(a[k + 1].dtype))[0]
+        if damping is None:
+            sp[k], sm[k] = _hidden_update(net, a[k], fb, config)
+        else:  # both states are still the forward activity s_k
+            sp[k], sm[k] = _hidden_update(net, a[k], fb, config, damping[k], s[k])
 
     if config.passes:
         if config.schedule == "alternating":
@@ -186,7 +271,7 @@ def _infer(net: LayeredNet, params, x, y, config: DPConfig):
         def one_pass(_, carry):
             sp_, sm_ = list(carry[0]), list(carry[1])
             for k in order:
-                _update_layer(net, params, k, sp_, sm_, t, beta_g_hat, config, dtype)
+                _update_layer(net, params, k, sp_, sm_, t, beta_g_hat, config, dtype, damping)
             return tuple(sp_), tuple(sm_)
 
         sp, sm = jax.lax.fori_loop(
@@ -196,11 +281,17 @@ def _infer(net: LayeredNet, params, x, y, config: DPConfig):
 
 
 @_static
-def infer_dyads(net: LayeredNet, params, x: jax.Array, y: jax.Array, config: DPConfig) -> Dyads:
+def infer_dyads(
+    net: LayeredNet, params, x: jax.Array, y: jax.Array, config: DPConfig, state=None
+) -> Dyads:
     """Solve the dyads (s⁺_k, s⁻_k), k = 0..L, for a batch: forward pass, output nudge, one
     top-down sweep (unless ``config.sweep`` is False), then ``config.passes`` extra passes of
-    ``config.schedule``."""
-    return _infer(net, params, x, y, config)[0]
+    ``config.schedule``. A damped rule needs its ``state`` (:func:`init_damping`); its L_k come
+    from ``config.power_iterations`` further power iterations from there."""
+    damping = None
+    if config.damped:
+        damping, _ = _damping(net, params, config, _require_state(state))
+    return _infer(net, params, x, y, config, damping)[0]
 
 
 def local_objective(net: LayeredNet, params, dyads: Dyads, config: DPConfig) -> jax.Array:
@@ -236,7 +327,14 @@ def _hebbian_grads(net: LayeredNet, params, dyads: Dyads, config: DPConfig):
 
     a, vjp = jax.vjp(maps, params)
     (grads,) = vjp(tuple(d_k.astype(a_k.dtype) for d_k, a_k in zip(d[1:], a, strict=True)))
-    return jax.tree.map(lambda g: (scale * g).astype(g.dtype), grads)
+    grads = jax.tree.map(lambda g: (scale * g).astype(g.dtype), grads)
+    if _kolen_pollack(config):  # B_k learns by W_k's Hebbian gradient (the KP idea)
+        layers = grads["layers"]
+        grads = {
+            **grads,
+            "feedback": {k: {"kernel": layers[k]["kernel"]} for k in grads["feedback"]},
+        }
+    return grads
 
 
 def _batch_loss(y_hat, t, config: DPConfig) -> jax.Array:
@@ -258,6 +356,12 @@ def contrastive_grad(
     ∇_{W_{k-1}} J = -(1/β) δ_k s̄_{k-1}ᵀ / B,  ∇_{b_{k-1}} J = -(1/β) Σ_batch δ_k / B.
     With ``config.fast`` it is the fast path (:func:`fast_grad`) instead.
     """
+    if config.damped:
+        raise ValueError(
+            "a damped rule carries its power-iteration state: use rule.grad(net, params, x, y, "
+            "state) or damped_grad(net, params, x, y, rule, state), with "
+            "state = rule.init(net, params)."
+        )
     if config.fast:
         return _fast_grad(net, params, x, y, config)
     return _contrastive_grad(net, params, x, y, config)
@@ -338,6 +442,220 @@ def fast_grad(
     rule of :func:`dual_activation`; the presynaptic factor is the forward activity. Equals DP at
     α = ½ with one sweep up to O(β²). Gradients are divided by the batch size B."""
     return _fast_grad(net, params, x, y, config)
+
+
+# ------------------------------------------------------------------ damped DP (Høier & Zach 2024)
+
+INIT_POWER_ITERATIONS = 50
+"""Power iterations :func:`init_damping` runs from its random start, so that the first γ_k are
+already close (each grad call then runs ``power_iterations`` more, warm-started)."""
+DAMPING_SEED = 0
+"""The fixed PRNG seed of the power-iteration start vectors."""
+
+
+class DampingState(NamedTuple):
+    """The damped rule's state: the power-iteration vector of each hidden map k = 1..L-1
+    (``vectors[k]``: unit norm, the shape (1, *core input) of :meth:`LayeredNet.map_input_shapes`),
+    an estimate of the top right-singular vector of map k's linear part."""
+
+    vectors: dict[int, jax.Array]
+
+
+def linear_part(net: LayeredNet, params, k: int, input_shape, dtype=jnp.float32):
+    """v ↦ J_k v, the linear part of map k's core (:meth:`LayeredNet.apply_core`: the map
+    without its max-pools), on one example of per-example shape ``input_shape``.
+
+    The core is affine, so its linearisation at 0 (``jax.linearize``) is the map with the bias
+    dropped; the transpose comes from ``jax.linear_transpose``, so dense, conv, strided and
+    flattening maps need no hand-written matrices. Max-pooling is 1-Lipschitz, hence
+    ‖J_k‖₂ bounds the Lipschitz constant of the whole map k.
+    """
+    params_k = net.layer_params(params, k)
+    zero = jnp.zeros((1, *input_shape), dtype)
+    _, jvp = jax.linearize(lambda s: net.apply_core(k, params_k, s, dtype), zero)
+    return jvp
+
+
+def power_iteration(linear, v, iterations: int):
+    """``iterations`` power-iteration steps for the spectral norm of a linear map A.
+
+    From a unit vector v: w = Aᵀ A v, γ = √‖w‖, v ← w/‖w‖. γ = √‖AᵀA v‖ ≥ ‖A v‖ is a lower
+    bound on σ_max(A) that converges to it (relative error ~ (σ₂/σ₁)^(2n) after n steps).
+    Returns ``(gamma, v)``; a zero map leaves v unchanged and gives γ = 0.
+    """
+    transpose = jax.linear_transpose(linear, v)
+
+    def step(_, carry):
+        v_, _ = carry
+        w = transpose(linear(v_))[0]
+        n = jnp.sqrt(jnp.vdot(w, w).real)
+        v_ = jnp.where(n > 0, w / jnp.where(n > 0, n, 1), v_)
+        return v_, jnp.sqrt(n)
+
+    v, gamma = jax.lax.fori_loop(0, iterations, step, (v, jnp.zeros((), v.dtype)))
+    return gamma, v
+
+
+def _start_vector(k: int, shape, dtype):
+    v = jax.random.normal(jax.random.fold_in(jax.random.key(DAMPING_SEED), k), (1, *shape), dtype)
+    return v / jnp.linalg.norm(v)
+
+
+@functools.partial(jax.jit, static_argnames=("net", "k", "iterations", "dtype"))
+def spectral_norm(
+    net: LayeredNet,
+    params,
+    k: int,
+    iterations: int = INIT_POWER_ITERATIONS,
+    dtype=jnp.float32,
+) -> jax.Array:
+    """γ_k: the spectral norm of map k's linear part (:func:`linear_part`), by ``iterations``
+    power iterations from the same fixed start as :func:`init_damping`."""
+    shape = net.map_input_shapes(params)[k]
+    v = _start_vector(k, shape, dtype)
+    return power_iteration(linear_part(net, params, k, shape, dtype), v, iterations)[0]
+
+
+def _hidden_maps(net: LayeredNet) -> range:
+    """The maps k = 1..L-1 whose γ_k damps hidden layer k (map 0 reads the input)."""
+    return range(1, net.num_maps)
+
+
+@_static
+def init_damping(net: LayeredNet, params, config: DPConfig) -> DampingState:
+    """The damped rule's initial state: for each hidden map k = 1..L-1 a unit vector from the
+    fixed key of :data:`DAMPING_SEED`, after :data:`INIT_POWER_ITERATIONS` power iterations.
+
+    Raises ``ValueError`` where a conv map's input shape is unknown (a ``Network`` built by
+    hand without ``input_shape``).
+    """
+    dtype = _wide(jnp.dtype(config.dtype))
+    shapes = net.map_input_shapes(params)
+    vectors = {}
+    for k in _hidden_maps(net):
+        linear = linear_part(net, params, k, shapes[k], dtype)
+        vectors[k] = power_iteration(
+            linear, _start_vector(k, shapes[k], dtype), INIT_POWER_ITERATIONS
+        )[1]
+    return DampingState(vectors)
+
+
+def _require_state(state) -> DampingState:
+    if not isinstance(state, DampingState):
+        raise ValueError(
+            f"the damped rule needs its DampingState (state = rule.init(net, params)), got "
+            f"{type(state).__name__}."
+        )
+    return state
+
+
+def _damping(net: LayeredNet, params, config: DPConfig, state: DampingState):
+    """L_k = max(0, (γ_k² - 1)/2) per hidden layer k (γ_k of map k after
+    ``config.power_iterations`` warm-started iterations; no gradient flows through it), and the
+    new state."""
+    shapes = net.map_input_shapes(params)
+    damping, vectors = {}, {}
+    params = jax.lax.stop_gradient(params)
+    for k in _hidden_maps(net):
+        v = state.vectors[k]
+        linear = linear_part(net, params, k, shapes[k], v.dtype)
+        gamma, vectors[k] = power_iteration(linear, v, config.power_iterations)
+        damping[k] = jnp.maximum(0.0, 0.5 * (gamma * gamma - 1.0))
+    return damping, DampingState(vectors)
+
+
+def _damped_grad(net: LayeredNet, params, x, y, config: DPConfig, state):
+    """The damped rule's gradient, :class:`Aux` and new state (see :func:`damped_grad`)."""
+    damping, state = _damping(net, params, config, _require_state(state))
+    dyads, y_hat, t = _infer(net, params, x, y, config, damping)
+    grads = _hebbian_grads(net, params, dyads, config)
+    return grads, Aux(_batch_loss(y_hat, t, config), y_hat), state
+
+
+@_static
+def damped_grad(
+    net: LayeredNet, params, x: jax.Array, y: jax.Array, config: DPConfig, state: DampingState
+) -> tuple[object, Aux, DampingState]:
+    """Damped DP / DP⊤ (Høier & Zach 2024): ``(grads, aux, state)``.
+
+    ``config.power_iterations`` power iterations per hidden map k, warm-started from
+    ``state``, give γ_k and L_k = max(0, (γ_k² - 1)/2); the dyads are then solved as by
+    :func:`contrastive_grad`, with the hidden updates s± = f((a ± c± fb + L_k s±)/(1 + L_k))
+    (s± on the right the current state), and ∇_θ J taken at them.
+    """
+    return _damped_grad(net, params, x, y, config, state)
+
+
+@_static
+def damping_norms(net: LayeredNet, params, state: DampingState) -> dict[str, jax.Array]:
+    """``{"gamma/k": γ_k}`` for the hidden maps k = 1..L-1: one power iteration from the state's
+    vectors, on the current ``params`` (a jvp and a vjp per map)."""
+    shapes = net.map_input_shapes(params)
+    out = {}
+    for k in _hidden_maps(net):
+        v = _require_state(state).vectors[k]
+        out[f"gamma/{k}"] = power_iteration(linear_part(net, params, k, shapes[k], v.dtype), v, 1)[
+            0
+        ]
+    return out
+
+
+# ------------------------------------------------------------------ Kolen–Pollack DP (2023)
+
+
+def init_feedback(net: LayeredNet, params, key: jax.Array):
+    """``params`` plus KP-DP's feedback weights: ``params["feedback"] = {k: {"kernel": B_k}}``
+    for the maps k = 1..L-1 (map 0's feedback would go into the input layer, never updated).
+
+    B_k has W_k's shape and dtype and is drawn from ``key`` (folded with k), independently of
+    W_k, by the builders' initializer family (:func:`~dualprop_jax.models.kernel_initializer`:
+    He normal for hidden maps, LeCun normal for the output map).
+    """
+    L = net.num_maps
+    feedback_ = {}
+    for k in range(1, L):
+        W = net.layer_params(params, k)["kernel"]
+        init = kernel_initializer(k, L)
+        feedback_[k] = {"kernel": init(jax.random.fold_in(key, k), W.shape, W.dtype)}
+    return {**params, "feedback": feedback_}
+
+
+def _check_feedback(net: LayeredNet, params) -> None:
+    fb = params.get("feedback") if isinstance(params, dict) else None
+    missing = [
+        k
+        for k in range(1, net.num_maps)
+        if fb is None
+        or k not in fb
+        or jnp.shape(fb[k].get("kernel")) != jnp.shape(net.layer_params(params, k)["kernel"])
+    ]
+    if missing:
+        raise ValueError(
+            f"Kolen–Pollack DP needs feedback weights B_k of W_k's shape in params['feedback'] "
+            f"for maps {list(range(1, net.num_maps))}; missing or misshapen for {missing}: call "
+            "params = rule.init_params(net, params, key) first."
+        )
+
+
+@_static
+def feedback_angles(net: LayeredNet, params) -> dict[str, jax.Array]:
+    """``{"kp_angle/k": θ_k}``: the angle in degrees between B_k and W_k (as flat vectors; the
+    same as between B_kᵀ and W_kᵀ), for k = 1..L-1. 0° once KP has aligned them.
+
+    θ = 2 atan2(‖Ŵ - B̂‖, ‖Ŵ + B̂‖) (unit vectors Ŵ, B̂): exact also near 0°, where arccos of
+    the cosine loses half the digits.
+    """
+    _check_feedback(net, params)
+    out = {}
+    for k in range(1, net.num_maps):
+        W = net.layer_params(params, k)["kernel"].ravel()
+        B = params["feedback"][k]["kernel"].ravel()
+        dtype = _wide(W.dtype)
+        W, B = W.astype(dtype), B.astype(dtype)
+        W, B = W / jnp.linalg.norm(W), B / jnp.linalg.norm(B)
+        angle = 2.0 * jnp.arctan2(jnp.linalg.norm(W - B), jnp.linalg.norm(W + B))
+        out[f"kp_angle/{k}"] = jnp.degrees(angle)
+    return out
 
 
 def _leaf_name(path) -> str:

@@ -74,8 +74,14 @@ class Dense(nnx.Linear):
         self.pool_input = pool_input
 
     def __call__(self, s: jax.Array) -> jax.Array:
-        if self.pool_input:
-            s = max_pool_2x2(s)
+        return self.core(max_pool_2x2(s) if self.pool_input else s)
+
+    def core(self, s: jax.Array) -> jax.Array:
+        """The map without its max-pool: a = W flatten(s) + b (the flatten where set).
+
+        Max-pooling is 1-Lipschitz, so the spectral norm of the core's linear part bounds the
+        Lipschitz constant of the whole map (the damped rule's γ_k).
+        """
         if self.flatten:
             s = s.reshape(s.shape[0], -1)
         return super().__call__(s)
@@ -108,16 +114,32 @@ class Conv(nnx.Conv):
         self.pool_output = pool_output
 
     def __call__(self, s: jax.Array) -> jax.Array:
-        if self.pool_input:
-            s = max_pool_2x2(s)
-        a = super().__call__(s)
+        a = self.core(max_pool_2x2(s) if self.pool_input else s)
         return max_pool_2x2(a) if self.pool_output else a
+
+    def core(self, s: jax.Array) -> jax.Array:
+        """The map without its max-pools (``pool_input``, ``pool_output``): a = W ⋆ s + b.
+
+        Its input is the (pooled, where ``pool_input``) state the convolution reads.
+        """
+        return super().__call__(s)
 
 
 class Network(nnx.Module):
-    """A layered network: ``layers`` are the maps W_0..W_{L-1}; f follows all but the last."""
+    """A layered network: ``layers`` are the maps W_0..W_{L-1}; f follows all but the last.
 
-    def __init__(self, layers: Sequence[nnx.Module], activation: str = "relu"):
+    ``input_shape`` is the shape of one input example (e.g. ``(28, 28, 1)``; ``(d_0,)`` for an
+    MLP), or None where unknown. The builders (:func:`mlp`, :func:`conv_net`, :func:`cnn`,
+    :func:`vgg`...) set it; what needs the spatial shape of each map's input (the damped rule's
+    power iteration through conv maps) reads it from the :class:`LayeredNet` of :func:`split`.
+    """
+
+    def __init__(
+        self,
+        layers: Sequence[nnx.Module],
+        activation: str = "relu",
+        input_shape: Sequence[int] | None = None,
+    ):
         if activation not in ACTIVATIONS:
             raise ValueError(
                 f"activation={activation!r} is unknown; choose one of {tuple(ACTIVATIONS)}."
@@ -126,6 +148,7 @@ class Network(nnx.Module):
             raise ValueError("a Network needs at least one layer map.")
         self.layers = nnx.List(list(layers))
         self.activation = activation
+        self.input_shape = _shape_or_none(input_shape)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         f = ACTIVATIONS[self.activation]
@@ -136,16 +159,28 @@ class Network(nnx.Module):
         return s
 
 
+def _shape_or_none(shape: Sequence[int] | None) -> tuple[int, ...] | None:
+    if shape is None:
+        return None
+    shape = tuple(int(d) for d in shape)
+    if not shape or min(shape) < 1:
+        raise ValueError(f"input_shape must be positive sizes of one example, got {shape}.")
+    return shape
+
+
 @dataclasses.dataclass(frozen=True)
 class LayeredNet:
     """Static, hashable view of a :class:`Network` for pure jitted functions.
 
     ``params`` (a pure dict ``{"layers": {k: {...}}}``, from :func:`split`) is passed
     separately; ``apply_map(k, params_k, s)`` computes a_{k+1} = W_k(params_k, s).
+    ``input_shape``: the shape of one input example, or None where the network was built
+    without it (only the conv maps' power iteration needs it).
     """
 
     graphdefs: tuple
     activation: str
+    input_shape: tuple[int, ...] | None = None
 
     @property
     def num_maps(self) -> int:
@@ -167,6 +202,53 @@ class LayeredNet:
             params_k = jax.tree.map(lambda t: t.astype(dtype), params_k)
             s = s.astype(dtype)
         return nnx.merge(self.graphdefs[k], params_k)(s)
+
+    def apply_core(self, k: int, params_k, s: jax.Array, dtype=None) -> jax.Array:
+        """Map k without its max-pools, ``layer.core(s)`` (the map itself where the layer has
+        no ``core`` method): an affine map, whose linear part bounds map k's Lipschitz
+        constant (max-pooling is 1-Lipschitz). ``s`` is the core's input (pooled where the map
+        pools its input)."""
+        if dtype is not None:
+            params_k = jax.tree.map(lambda t: t.astype(dtype), params_k)
+            s = s.astype(dtype)
+        layer = nnx.merge(self.graphdefs[k], params_k)
+        return layer.core(s) if hasattr(layer, "core") else layer(s)
+
+    def map_input_shapes(self, params) -> tuple[tuple[int, ...], ...]:
+        """The per-example input shape of each map's core (:meth:`apply_core`), k = 0..L-1.
+
+        A dense map's core reads ``(in_features,)`` (its flatten is an isometry); any other map
+        reads layer k's state, 2x2-pooled where the map pools its input. The shapes follow
+        ``input_shape`` through the maps (by ``jax.eval_shape``), so a conv map needs it:
+        ``ValueError`` where it is None.
+        """
+        shapes: list[tuple[int, ...]] = []
+        shape = self.input_shape  # of layer k's state, one example; None where unknown
+        for k, graphdef in enumerate(self.graphdefs):
+            params_k = self.layer_params(params, k)
+            layer = nnx.merge(graphdef, params_k)
+            if isinstance(layer, nnx.Linear):
+                shapes.append((int(layer.in_features),))
+            elif shape is None:
+                raise ValueError(
+                    f"map {k} ({type(layer).__name__}) needs the spatial shape of its input, but "
+                    "the network's input_shape is unknown: build the model with the dualprop_jax "
+                    "builders (mlp, conv_net, cnn, vgg...), or pass input_shape=(H, W, C) of one "
+                    "example to Network(...) before split (or to LayeredNet(...))."
+                )
+            elif getattr(layer, "pool_input", False):
+                h, w, *rest = shape
+                shapes.append((h // 2, w // 2, *rest))
+            else:
+                shapes.append(shape)
+            if shape is None:  # a dense map: its output is flat
+                shape = (int(layer.out_features),)
+            else:
+                abstract = jax.tree.map(lambda t: jax.ShapeDtypeStruct(t.shape, t.dtype), params_k)
+                s_k = jax.ShapeDtypeStruct((1, *shape), jnp.float32)
+                out = jax.eval_shape(lambda p, s, k=k: self.apply_map(k, p, s), abstract, s_k)
+                shape = tuple(out.shape[1:])
+        return tuple(shapes)
 
     def forward(self, params, x: jax.Array, dtype=None) -> jax.Array:
         """The network output ŷ = a_L."""
@@ -191,16 +273,18 @@ def split(model: Network) -> tuple[LayeredNet, dict]:
             )
         graphdefs.append(nnx.split(layer, nnx.Param)[0])
     params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
-    return LayeredNet(tuple(graphdefs), model.activation), params
+    return LayeredNet(tuple(graphdefs), model.activation, model.input_shape), params
 
 
 def merge(net: LayeredNet, params) -> Network:
     """Rebuild a :class:`Network` module holding ``params`` (e.g. after training)."""
     layers = [nnx.merge(g, LayeredNet.layer_params(params, k)) for k, g in enumerate(net.graphdefs)]
-    return Network(layers, net.activation)
+    return Network(layers, net.activation, net.input_shape)
 
 
-def _init_for(k: int, num_maps: int):
+def kernel_initializer(k: int, num_maps: int):
+    """The builders' kernel initializer of map k: He normal for hidden maps (ReLU), LeCun
+    normal for the output map k = L-1 (KP-DP draws its feedback weights B_k the same way)."""
     return _OUTPUT_INIT if k == num_maps - 1 else _HIDDEN_INIT
 
 
@@ -221,11 +305,11 @@ def mlp(
             flatten=(k == 0),
             rngs=rngs,
             param_dtype=param_dtype,
-            kernel_init=_init_for(k, n),
+            kernel_init=kernel_initializer(k, n),
         )
         for k in range(n)
     ]
-    return Network(layers, activation)
+    return Network(layers, activation, input_shape=(widths[0],))
 
 
 def conv_net(
@@ -282,7 +366,7 @@ def conv_net(
                 pool_output=pools[i] and pooled,
                 rngs=rngs,
                 param_dtype=param_dtype,
-                kernel_init=_init_for(i, n),
+                kernel_init=kernel_initializer(i, n),
             )
         )
         if pool_next:
@@ -303,11 +387,11 @@ def conv_net(
                 pool_input=(j == 0 and pool_next and not pooled),
                 rngs=rngs,
                 param_dtype=param_dtype,
-                kernel_init=_init_for(k, n),
+                kernel_init=kernel_initializer(k, n),
             )
         )
         d_in = out
-    return Network(layers, activation)
+    return Network(layers, activation, input_shape=tuple(int(d) for d in input_shape))
 
 
 def cnn(

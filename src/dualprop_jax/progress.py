@@ -17,18 +17,24 @@ from dualprop_jax.device_data import describe_bytes
 
 
 def describe_rule(rule: rules.Rule) -> str:
-    """The rule as configured, e.g. ``dp+fast (α=0.5, β=0.01)`` or ``dp_top (α=0.5, β=0.01,
-    3 bottom_up passes, bfloat16)``."""
-    if not isinstance(rule, rules.DualProp):
-        extra = [] if rule.dtype == "float32" else [rule.dtype]
-    else:
+    """The rule as configured, e.g. ``dp+fast (α=0.5, β=0.01)``, ``dp_top (α=0.5, β=0.01,
+    3 bottom_up passes, bfloat16)`` or ``ep (β=0.5, T=100, K=20, symmetric, squared_error)``."""
+    extra = []
+    if isinstance(rule, rules.DualProp):
         extra = [f"α={rule.alpha:g}", f"β={rule.beta:g}"]
         if rule.passes:
             extra.append(f"{rule.passes} {rule.schedule} pass{'es' if rule.passes > 1 else ''}")
         if not rule.sweep:
             extra.append("no top-down sweep")
-        if rule.dtype != "float32":
-            extra.append(rule.dtype)
+    elif isinstance(rule, rules.EquilibriumProp):
+        extra = [f"β={rule.beta:g}", f"T={rule.free_steps}", f"K={rule.nudged_steps}"]
+        extra.append(f"{rule.nudging} nudging")
+    elif isinstance(rule, rules.ContrastiveHebbian):
+        extra = [f"T={rule.free_steps}", f"clamped {rule.clamped_steps}"]
+    if isinstance(rule, rules.EquilibriumProp | rules.ContrastiveHebbian):
+        extra.append(f"σ={rule.activation}, from {rule.start}")
+    if rule.dtype != "float32":
+        extra.append(rule.dtype)
     if rule.loss != "softmax_ce":
         extra.append(rule.loss)
     return rule.label + (f" ({', '.join(extra)})" if extra else "")

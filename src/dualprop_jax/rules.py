@@ -351,7 +351,9 @@ class DualProp(Rule):
         _check_count(who, "power_iterations", self.power_iterations, 1)
         _check_choice(who, "feedback", self.feedback, FEEDBACKS)
         _check_choice(who, "output", self.output, OUTPUTS)
-        if self.fast and (self.damped or self.feedback != "transpose" or self.output != "linearised"):
+        if self.fast and (
+            self.damped or self.feedback != "transpose" or self.output != "linearised"
+        ):
             raise _bad(
                 who,
                 "fast",
@@ -790,7 +792,7 @@ LABEL_EXTRAS: dict[str, dict[str, Any]] = {
     "exact": dict(output="exact", loss="squared_error"),
     "one_sided": dict(nudging="one_sided"),
 }
-"""What each ``+tag`` of a rule label sets (``"dp_top+damped"``, ``"dp+kp"``, ``"ep+one_sided"``)."""
+"""What each ``+tag`` of a rule label sets: ``"dp_top+damped"``, ``"dp+kp"``, ``"ep+one_sided"``."""
 
 
 def from_label(label: str, **settings) -> Rule:

@@ -120,16 +120,18 @@ def make_train_step(
 
 
 @functools.lru_cache(maxsize=32)
-def make_eval_step(net: models.LayeredNet, loss: str, dtype: str, mesh: Mesh | None) -> Callable:
+def make_eval_step(net: models.LayeredNet, rule: Rule, mesh: Mesh | None) -> Callable:
     """Jitted ``(params, x, y, mask) -> (Σ loss, # correct)`` over the unmasked examples.
 
-    Cached: repeated evaluations with the same network, loss, dtype and mesh compile once.
+    The prediction is ``rule.predict`` (the feedforward output; the free phase's output for EP
+    and CHL), the loss the rule's. Cached: repeated evaluations with the same network, rule and
+    mesh compile once.
     """
-    compute = jnp.dtype(dtype)
+    compute = jnp.dtype(rule.dtype)
 
     def eval_step(params, x, y, mask):
-        y_hat = net.forward(params, x, compute).astype(jnp.promote_types(compute, jnp.float32))
-        losses = per_example_loss(loss, y_hat, targets_as_array(y_hat, y))
+        y_hat = rule.predict(net, params, x).astype(jnp.promote_types(compute, jnp.float32))
+        losses = per_example_loss(rule.loss, y_hat, targets_as_array(y_hat, y))
         correct = (jnp.argmax(y_hat, -1) == y) & mask
         return jnp.sum(jnp.where(mask, losses, 0.0)), jnp.sum(correct)
 
@@ -151,8 +153,9 @@ def evaluate(
 ) -> dict[str, float]:
     """``{"loss": mean ℓ, "accuracy": fraction correct}`` of the forward pass over ``data``.
 
-    ``data`` is a :class:`Dataset` (its ``split``) or a pair ``(x, y)``. The loss and compute
-    dtype are the ``rule``'s (default: softmax cross-entropy in float32). Batches are padded to
+    ``data`` is a :class:`Dataset` (its ``split``) or a pair ``(x, y)``. The prediction
+    (``rule.predict``), loss and compute dtype are the ``rule``'s (default: BP's feedforward
+    output, softmax cross-entropy, float32). Batches are padded to
     ``batch_size`` (rounded up to a multiple of the mesh's devices), so every batch runs one
     compiled program. An empty split gives NaN for both.
     """
@@ -161,7 +164,7 @@ def evaluate(
         return {"loss": float("nan"), "accuracy": float("nan")}
     rule = rule or backprop()
     batch_size += (-batch_size) % par.num_devices(mesh)
-    eval_step = make_eval_step(net, rule.loss, rule.dtype, mesh)
+    eval_step = make_eval_step(net, rule, mesh)
     sharding = par.batch_sharding(mesh)
     total_loss, total_correct = 0.0, 0
     # x stays as stored: uint8 StandardisedImages are standardised batch by batch
@@ -173,16 +176,36 @@ def evaluate(
 
 
 def alignment_fn(net: models.LayeredNet, rule: Rule) -> Callable:
-    """Jitted ``(params, x, y) -> {leaf: cosine(rule gradient, BP gradient)}`` (diagnostics)."""
+    """Jitted ``(params, x, y) -> {leaf: cosine(rule gradient, BP gradient)}`` (diagnostics),
+    over the network's own parameters ``params["layers"]`` (not a rule's extra weights, such
+    as KP's feedback weights, which BP has no gradient for)."""
     reference = Backprop(loss=rule.loss, dtype=rule.dtype)
 
     @jax.jit
     def fn(params, x, y):
         g_rule = rule.grad(net, params, x, y, rule.init(net, params))[0]
         g_bp, _ = reference.grad(net, params, x, y)
-        return alignment(g_rule, g_bp)["cosine"]
+        return alignment({"layers": g_rule["layers"]}, {"layers": g_bp["layers"]})["cosine"]
 
     return fn
+
+
+def rule_params(rule: Rule, net: models.LayeredNet, params, seed: int):
+    """``rule.init_params`` with the run's key for the rule's own weights (KP's B_k):
+    ``fold_in(key(seed), 1)``, so a run and its checkpoints rebuild the same tree."""
+    return rule.init_params(net, params, jax.random.fold_in(jax.random.key(seed), 1))
+
+
+def rule_metrics_fn(net: models.LayeredNet, rule: Rule, params, rule_state) -> Callable | None:
+    """Jitted ``(params, rule_state) -> {name: scalar}`` of ``rule.metrics``, or None for a rule
+    that has none (e.g. KP-DP's angles between B_k and W_k, damped DP's γ_k)."""
+
+    def fn(params, rule_state):
+        return rule.metrics(net, params, rule_state)
+
+    if not jax.eval_shape(fn, params, rule_state):
+        return None
+    return jax.jit(fn)
 
 
 def build_model(

@@ -41,6 +41,8 @@ from dualprop_jax.steps import (
     learning_rate_schedule,
     make_optimizer,
     make_train_step,
+    rule_metrics_fn,
+    rule_params,
 )
 from dualprop_jax.train_config import TrainConfig
 
@@ -96,6 +98,7 @@ def train_and_evaluate(
                 raise DivergenceError(_divergence_advice(str(e), config, meta, workdir)) from None
             state = result.state
             val = run.evaluate(state.params, ds, "val")
+            val.update(run.rule_metrics(state))
             if _record_epoch(meta, epoch, result, val, has_val=len(ds.x_val) > 0):
                 best = jax.tree.map(jnp.copy, state.params)  # the step donates its input state
             checkpoints.save(mgr, epoch, _checkpoint(state, best), meta)
@@ -190,13 +193,27 @@ class Run:
             rule=self.config.rule, mesh=self.mesh,
         )  # fmt: skip
 
+    def rule_metrics(self, state: TrainState) -> dict[str, float]:
+        """``{"rule/<name>": value}`` of ``rule.metrics`` (empty for rules without any), e.g.
+        KP-DP's angle between B_k and W_k: a column of ``metrics.csv`` per epoch."""
+        if not hasattr(self, "_metrics_fn"):  # built (and compiled) once per run
+            rule = self.config.rule
+            self._metrics_fn = rule_metrics_fn(self.net, rule, state.params, state.rule_state)
+        if self._metrics_fn is None:
+            return {}
+        values = jax.device_get(self._metrics_fn(state.params, state.rule_state))
+        return {f"rule/{k}": float(v) for k, v in values.items()}
+
     def start(self, workdir: pathlib.Path, saved_epoch: int | None, ds: data_lib.Dataset):
         """``(state, best_params, meta)``: fresh, or restored from the newest readable
         checkpoint (``saved_epoch`` or, if that one is damaged, an earlier one)."""
         rule, mesh = self.config.rule, self.mesh
         state = TrainState.create(self.net, self.params, rule, self.optimizer, mesh)
         if saved_epoch is None:
-            return state, jax.tree.map(jnp.copy, state.params), _fresh_meta(ds)
+            meta = _fresh_meta(ds)
+            if initial := self.rule_metrics(state):
+                meta["rule_metrics_start"] = initial
+            return state, jax.tree.map(jnp.copy, state.params), meta
         _, saved, meta = checkpoints.restore_latest(workdir, _checkpoint(state, state.params))
         saved = par.put_replicated(saved, self.mesh)
         _record_extension(meta, checkpoints.saved_config(workdir), self.config, ds)
@@ -228,6 +245,7 @@ def build_run(config: TrainConfig, ds: data_lib.Dataset) -> Run:
         raise ValueError(f"augmentation needs images (H, W, C); data has shape {ds.input_shape}.")
     model = build_model(config, ds.input_shape, ds.num_classes, nnx.Rngs(config.seed))
     net, params = models.split(model)
+    params = rule_params(config.rule, net, params, config.seed)
     optimizer = make_optimizer(config, len(ds.x_train) // config.batch_size)
     step = make_train_step(net, config.rule, optimizer, mesh=mesh, donate=True, augment=augment)
     diagnostics = None
@@ -306,6 +324,7 @@ def _record_epoch(meta: dict, epoch: int, result: EpochResult, val: dict, has_va
             "val_loss": val["loss"],
             "val_accuracy": val["accuracy"],
             "epoch_time_s": result.time_s,
+            **{k: v for k, v in val.items() if k.startswith("rule/")},
         }
     )
     meta["epoch"] = epoch
@@ -324,6 +343,7 @@ def _results(config: TrainConfig, meta: dict, test: dict, ds: data_lib.Dataset, 
         "tested_epoch": meta["best_epoch"],
         "tested_params": "best validation epoch" if len(ds.x_val) else "last epoch (no val set)",
         "epoch_extensions": meta.get("extensions", []),
+        "rule_metrics_start": meta.get("rule_metrics_start", {}),
         "test_accuracy": test["accuracy"],
         "test_loss": test["loss"],
         "train_time_s": meta["train_time_s"],

@@ -1,0 +1,249 @@
+"""The rule family on one model, optimizer and data: BP, DP⊤, DP, damped DP⊤, KP-DP, EP, CHL.
+
+The measured half of the papers' claim: DP costs what BP costs, while EP and CHL, which relax
+to equilibrium twice per step, cost orders of magnitude more. Every rule trains the same
+Fashion-MNIST MLP 784-512-512-10 (``experiments/configs/fmnist_mlp512.json``: Adam, batch 100,
+10% of train held out) through ``dualprop_jax.train_and_evaluate``, the loop ``dualprop train``
+runs, over several seeds. Rules and their settings are :data:`RULES`.
+
+    python experiments/rule_family.py                       # the table in RULE_FAMILY.md
+    python experiments/rule_family.py --epochs 1 --seeds 0  # a quick look
+
+Columns: test accuracy of the best-validation epoch (mean ± std over seeds); train time per
+epoch = steps per epoch / timed steps per second (the first step of every epoch, which
+compiles, is not timed; evaluation is not included); that time relative to BP's; train steps
+per second. KP-DP also reports the angle between B_k and W_k at the start and the end.
+
+Each run lives in ``<runs>/<label>-seed<k>``; a finished run (results.json) is reused and an
+interrupted one resumed, so the script can be stopped and started again. The table (Markdown,
+with the command that made it), a JSON of every run and a plot are rewritten after each run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import json
+import pathlib
+import platform
+import statistics
+import sys
+
+import jax
+
+from dualprop_jax import rules
+from dualprop_jax.checkpoints import latest_epoch
+from dualprop_jax.progress import describe_rule
+from dualprop_jax.train import train_and_evaluate
+from dualprop_jax.train_config import TrainConfig
+
+HERE = pathlib.Path(__file__).resolve().parent
+SETUP = HERE / "configs" / "fmnist_mlp512.json"
+
+RULES: dict[str, dict] = {
+    "bp": {},
+    "dp_top": dict(alpha=0.5, beta=0.01),
+    "dp": dict(alpha=0.5, beta=0.01),
+    "dp_top+damped": dict(alpha=0.5, beta=0.01),
+    "dp+kp": dict(alpha=0.5, beta=0.01),
+    "ep": {},  # β = 0.5, T = 100, K = 20, symmetric: Ernoult et al. 2019; Laborieux et al. 2021
+    "chl": {},  # T = 100, 20 clamped steps: the same relaxation as EP
+}
+"""Rule label -> its settings (the rest are the rule's defaults)."""
+
+
+def rule_config(label: str, seed: int, epochs: int | None, overrides: dict) -> TrainConfig:
+    values = json.loads(SETUP.read_text())
+    values.update({k: v for k, v in overrides.items() if k != "rule"})
+    if epochs is not None:
+        values["epochs"] = epochs
+    rule = rules.from_label(label, **RULES[label])
+    return TrainConfig.from_dict({**values, "rule": rule.to_dict(), "seed": seed})
+
+
+def run_one(label: str, seed: int, runs: pathlib.Path, epochs, overrides: dict) -> dict:
+    workdir = runs / f"{label}-seed{seed}"
+    done = workdir / "results.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    cfg = rule_config(label, seed, epochs, overrides)
+
+    def hook(event, info):
+        if event == "epoch":
+            print(
+                f"  [{label} seed {seed}] epoch {info['epoch']:3d} val "
+                f"{100 * info['val_accuracy']:.2f}% ({info['epoch_time_s']:.1f} s)",
+                flush=True,
+            )
+
+    resume = latest_epoch(workdir) is not None
+    return train_and_evaluate(cfg, workdir, resume=resume, hook=hook)
+
+
+def epoch_seconds(result: dict) -> float:
+    """Train time per epoch: steps per epoch / timed steps per second."""
+    cfg = result["config"]
+    return (result["num_train"] // cfg["batch_size"]) / result["steps_per_s"]
+
+
+def _mean_std(values: list[float], scale: float = 1.0, digits: int = 2) -> str:
+    if len(values) == 1:
+        return f"{scale * values[0]:.{digits}f}"
+    return (
+        f"{scale * statistics.mean(values):.{digits}f} ± "
+        f"{scale * statistics.stdev(values):.{digits}f}"
+    )
+
+
+def summarise(found: dict[str, list[dict]]) -> list[dict]:
+    """One summary row per rule label with runs."""
+    bp_epoch = [epoch_seconds(r) for r in found.get("bp", [])]
+    rows = []
+    for label, rs in found.items():
+        if not rs:
+            continue
+        epoch_s = [epoch_seconds(r) for r in rs]
+        row = {
+            "rule": label,
+            "settings": describe_rule(rules.from_dict(rs[0]["rule"])),
+            "seeds": [r["seed"] for r in rs],
+            "epochs": rs[0]["epochs"],
+            "test_accuracy": [r["test_accuracy"] for r in rs],
+            "epoch_s": epoch_s,
+            "epoch_over_bp": statistics.median(epoch_s) / statistics.median(bp_epoch)
+            if bp_epoch
+            else None,
+            "steps_per_s": [r["steps_per_s"] for r in rs],
+        }
+        starts = [_unprefixed(r.get("rule_metrics_start") or {}) for r in rs]
+        ends = [r.get("rule_metrics_end", {}) for r in rs]
+        if any(starts):
+            row["rule_metrics_start"], row["rule_metrics_end"] = starts, ends
+        rows.append(row)
+    return rows
+
+
+def _unprefixed(metrics: dict) -> dict:
+    return {k.removeprefix("rule/"): v for k, v in metrics.items()}
+
+
+def _angle_text(row: dict) -> str:
+    if "rule_metrics_start" not in row:
+        return ""
+    out = []
+    for start, end in zip(row["rule_metrics_start"], row["rule_metrics_end"], strict=True):
+        keys = sorted(k for k in start if "angle" in k)
+        out.append(
+            ", ".join(
+                f"{k.split('/')[-1]}: {start[k]:.0f}° → {end.get(k, float('nan')):.0f}°"
+                for k in keys
+            )
+        )
+    return out[0] if out else ""
+
+
+def write_outputs(rows: list[dict], out: pathlib.Path, command: str, epochs: int) -> None:
+    dev = jax.devices()[0]
+    lines = [
+        "# The rule family: BP, DP⊤, DP, damped DP⊤, KP-DP, EP and CHL on one MLP",
+        "",
+        "Generated by `experiments/rule_family.py`; do not edit by hand. Command:",
+        "",
+        f"    {command}",
+        "",
+        f"Updated {datetime.datetime.now():%Y-%m-%d %H:%M}; jax {jax.__version__}, backend "
+        f"`{jax.default_backend()}` ({dev.device_kind}; {platform.processor() or 'cpu'}). "
+        f"Fashion-MNIST, MLP 784-512-512-10, {epochs} epoch(s), setup "
+        "`experiments/configs/fmnist_mlp512.json` (Adam, batch 100, 54k train / 6k val / 10k "
+        "test). Test accuracy of the best-validation epoch, mean ± std over seeds. Time per "
+        "epoch = steps per epoch / timed train steps per second (compilation and evaluation "
+        "excluded).",
+        "",
+        "| rule | settings | seeds | test acc (%) | time / epoch (s) | × BP | train steps/s "
+        "| KP angle B_k vs W_k (start → end, seed 0) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        ratio = f"{r['epoch_over_bp']:.2f}" if r["epoch_over_bp"] is not None else "n/a"
+        lines.append(
+            f"| {r['rule']} | {r['settings']} | {','.join(map(str, r['seeds']))} | "
+            f"{_mean_std(r['test_accuracy'], 100)} | {_mean_std(r['epoch_s'], 1, 1)} | "
+            f"{ratio} | {_mean_std(r['steps_per_s'], 1, 1)} | {_angle_text(r)} |"
+        )
+    lines += ["", "Runs: `runs/rule_family/`. Raw numbers: `rule_family.json`.", ""]
+    out.write_text("\n".join(lines))
+    out.with_suffix(".json").write_text(json.dumps(rows, indent=2) + "\n")
+    _plot(rows, out.with_suffix(".png"))
+
+
+def _plot(rows: list[dict], path: pathlib.Path) -> None:
+    """Test accuracy against time per epoch relative to BP (log scale), one point per seed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in rows if r["epoch_over_bp"] is not None]
+    if not rows:
+        return
+    bp = statistics.median(next(r for r in rows if r["rule"] == "bp")["epoch_s"])
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for r in rows:
+        xs = [t / bp for t in r["epoch_s"]]
+        ys = [100 * a for a in r["test_accuracy"]]
+        ax.scatter(xs, ys, label=r["rule"], s=25)
+        ax.annotate(r["rule"], (statistics.median(xs), statistics.mean(ys)), fontsize=8,
+                    textcoords="offset points", xytext=(5, 5))  # fmt: skip
+    ax.set_xscale("log")
+    ax.set_xlabel("train time per epoch / BP's (log scale)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title("Fashion-MNIST MLP 784-512-512-10: accuracy against cost per epoch")
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rules", default=",".join(RULES), help="labels of RULES")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--epochs", type=int, help="default: the setup's")
+    parser.add_argument("--runs", type=pathlib.Path, default=pathlib.Path("runs/rule_family"))
+    parser.add_argument("--out", type=pathlib.Path, default=HERE / "RULE_FAMILY.md")
+    parser.add_argument(
+        "--override", action="append", default=[],
+        help="FIELD=JSON value of TrainConfig for every run, e.g. learning_rate=0.0005",
+    )  # fmt: skip
+    args = parser.parse_args()
+    labels = [s for s in args.rules.split(",") if s]
+    unknown = [s for s in labels if s not in RULES]
+    if unknown:
+        sys.exit(f"unknown rule label(s) {unknown}; choose from {list(RULES)}")
+    seeds = [int(s) for s in args.seeds.split(",")]
+    overrides = {k: json.loads(v) for k, v in (o.split("=", 1) for o in args.override)}
+    epochs = args.epochs or json.loads(SETUP.read_text())["epochs"]
+    command = "python experiments/rule_family.py " + " ".join(sys.argv[1:])
+    found: dict[str, list[dict]] = {label: [] for label in labels}
+    for seed in seeds:
+        for label in labels:  # rules interleaved, so a partial table stays comparable
+            r = run_one(label, seed, args.runs, args.epochs, overrides)
+            r.setdefault("rule_metrics_end", _metrics_end(args.runs / f"{label}-seed{seed}"))
+            found[label].append(r)
+            print(f"{label} seed {seed}: test {100 * r['test_accuracy']:.2f}%", flush=True)
+            write_outputs(summarise(found), args.out, command, epochs)
+
+
+def _metrics_end(workdir: pathlib.Path) -> dict:
+    """The ``rule/...`` columns of the last row of the run's metrics.csv."""
+    path = workdir / "metrics.csv"
+    if not path.exists():
+        return {}
+    with path.open() as fh:
+        last = list(csv.DictReader(fh))[-1]
+    return _unprefixed({k: float(v) for k, v in last.items() if k.startswith("rule/")})
+
+
+if __name__ == "__main__":
+    main()
