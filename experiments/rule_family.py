@@ -26,13 +26,13 @@ import csv
 import datetime
 import json
 import pathlib
-import platform
 import statistics
 import sys
 
 import jax
 
 from dualprop_jax import rules
+from dualprop_jax.benchmark import device_description
 from dualprop_jax.checkpoints import latest_epoch
 from dualprop_jax.progress import describe_rule
 from dualprop_jax.train import train_and_evaluate
@@ -143,8 +143,9 @@ def _angle_text(row: dict) -> str:
     return out[0] if out else ""
 
 
-def write_outputs(rows: list[dict], out: pathlib.Path, command: str, epochs: int) -> None:
-    dev = jax.devices()[0]
+def write_outputs(
+    rows: list[dict], out: pathlib.Path, command: str, epochs: int, runs: pathlib.Path, data: str
+) -> None:
     lines = [
         "# The rule family: BP, DP⊤, DP, damped DP⊤, KP-DP, EP and CHL on one MLP",
         "",
@@ -153,12 +154,11 @@ def write_outputs(rows: list[dict], out: pathlib.Path, command: str, epochs: int
         f"    {command}",
         "",
         f"Updated {datetime.datetime.now():%Y-%m-%d %H:%M}; jax {jax.__version__}, backend "
-        f"`{jax.default_backend()}` ({dev.device_kind}; {platform.processor() or 'cpu'}). "
-        f"Fashion-MNIST, MLP 784-512-512-10, {epochs} epoch(s), setup "
-        "`experiments/configs/fmnist_mlp512.json` (Adam, batch 100, 54k train / 6k val / 10k "
-        "test). Test accuracy of the best-validation epoch, mean ± std over seeds. Time per "
-        "epoch = steps per epoch / timed train steps per second (compilation and evaluation "
-        "excluded).",
+        f"`{jax.default_backend()}` ({device_description()}). Fashion-MNIST, MLP "
+        f"784-512-512-10, {epochs} epoch(s), setup `experiments/configs/fmnist_mlp512.json` "
+        f"(Adam, lr 1e-3, batch 100; {data}). Test accuracy of the best-validation epoch, "
+        "mean ± std over seeds. Time per epoch = steps per epoch / timed train steps per "
+        "second (compilation and evaluation excluded).",
         "",
         "| rule | settings | seeds | test acc (%) | time / epoch (s) | × BP | train steps/s "
         "| KP angle B_k vs W_k (start → end, seed 0) |",
@@ -171,7 +171,7 @@ def write_outputs(rows: list[dict], out: pathlib.Path, command: str, epochs: int
             f"{_mean_std(r['test_accuracy'], 100)} | {_mean_std(r['epoch_s'], 1, 1)} | "
             f"{ratio} | {_mean_std(r['steps_per_s'], 1, 1)} | {_angle_text(r)} |"
         )
-    lines += ["", "Runs: `runs/rule_family/`. Raw numbers: `rule_family.json`.", ""]
+    lines += ["", f"Runs: `{runs}/`. Raw numbers: `{out.with_suffix('.json').name}`.", ""]
     out.write_text("\n".join(lines))
     out.with_suffix(".json").write_text(json.dumps(rows, indent=2) + "\n")
     _plot(rows, out.with_suffix(".png"))
@@ -232,7 +232,11 @@ def main() -> None:
             r.setdefault("rule_metrics_end", _metrics_end(args.runs / f"{label}-seed{seed}"))
             found[label].append(r)
             print(f"{label} seed {seed}: test {100 * r['test_accuracy']:.2f}%", flush=True)
-            write_outputs(summarise(found), args.out, command, epochs)
+            data = (
+                f"{r['num_train']} train images, {r['config']['val_fraction']:.0%} of train held "
+                "out for validation, 10k test"
+            )
+            write_outputs(summarise(found), args.out, command, epochs, args.runs, data)
 
 
 def _metrics_end(workdir: pathlib.Path) -> dict:
