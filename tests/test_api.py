@@ -135,7 +135,9 @@ def test_train_config_holds_the_rule():
     d = cfg.to_dict()
     assert d["rule"] == {"name": "dp", "alpha": 0.25, "beta": 0.1, "loss": "softmax_ce",
                          "schedule": "alternating", "passes": 2, "dtype": "float32",
-                         "fast": False, "sweep": True, "unroll": None}  # fmt: skip
+                         "fast": False, "sweep": True, "unroll": None, "damped": False,
+                         "power_iterations": 1, "feedback": "transpose",
+                         "output": "linearised"}  # fmt: skip
     assert dp.TrainConfig.from_dict(d) == cfg
     assert dp.TrainConfig(rule="bp").rule == rules.backprop()
     assert dp.TrainConfig(rule={"name": "dp_top", "beta": 0.5}).rule == rules.dual_prop(beta=0.5)

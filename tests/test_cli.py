@@ -241,7 +241,17 @@ def test_help_shows_the_real_defaults(capsys):
         value = getattr(defaults, field)
         shown = ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
         assert f"(default: {shown})" in text.split(flag, 1)[1][:300], flag
-    assert "--beta BETA nudging strength β > 0 (dp, dp_top) (default: 0.01)" in text
+    ep, chl = rules.equilibrium_prop(), rules.chl()
+    assert f"--beta BETA nudging strength β > 0 (dp, dp_top: 0.01; ep: {ep.beta:g})" in text
+    for flag, shown in [
+        ("--free-steps", ep.free_steps),
+        ("--nudged-steps", ep.nudged_steps),
+        ("--clamped-steps", chl.clamped_steps),
+        ("--nudging", ep.nudging),
+        ("--sigma", ep.activation),
+        ("--start", ep.start),
+    ]:
+        assert f"(default: {shown})" in text.split(flag, 1)[1][:200], flag
 
 
 def test_version(capsys):

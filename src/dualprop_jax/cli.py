@@ -29,6 +29,7 @@ def _ints(text: str) -> tuple[int, ...]:
 
 _DEFAULTS = TrainConfig()
 _DEFAULT_RULE = rules.dual_prop()
+_EP, _CHL = rules.equilibrium_prop(), rules.chl()
 
 # flag -> (TrainConfig field, argparse kwargs)
 _FLAGS: dict[str, tuple[str, dict]] = {
@@ -91,7 +92,11 @@ _RULE_FLAGS: dict[str, tuple[str, dict]] = {
     "--alpha": ("alpha", dict(type=float, help="nudging asymmetry α in [0, 1] (dp, dp_top)")),
     "--beta": (
         "beta",
-        dict(type=float, help="nudging strength β > 0 (dp, dp_top: 0.01; ep: 0.5) (default: -)"),
+        dict(
+            type=float,
+            help=f"nudging strength β > 0 (dp, dp_top: {_DEFAULT_RULE.beta:g}; ep: "
+            f"{_EP.beta:g}) (default: -)",
+        ),
     ),
     "--passes": ("passes", dict(type=int, help="extra inference passes (dp, dp_top; 0: one)")),
     "--schedule": ("schedule", dict(choices=rules.SCHEDULES, help="of the extra passes")),
@@ -106,7 +111,10 @@ _RULE_FLAGS: dict[str, tuple[str, dict]] = {
     ),
     "--loss": (
         "loss",
-        dict(choices=rules.LOSSES, help="(default: softmax_ce; ep, chl: squared_error)"),
+        dict(
+            choices=rules.LOSSES,
+            help=f"(default: {_DEFAULT_RULE.loss}; ep, chl: {_EP.loss})",
+        ),
     ),
     "--dtype": ("dtype", dict(choices=rules.DTYPES, help="compute dtype (params stay float32)")),
     "--power-iterations": (
@@ -123,27 +131,35 @@ _RULE_FLAGS: dict[str, tuple[str, dict]] = {
     ),
     "--free-steps": (
         "free_steps",
-        dict(type=int, help="T, relaxation steps of the free phase (ep, chl) (default: 100)"),
+        dict(
+            type=int,
+            help=f"T, relaxation steps of the free phase (ep, chl) (default: {_EP.free_steps})",
+        ),
     ),
     "--nudged-steps": (
         "nudged_steps",
-        dict(type=int, help="K, steps of each nudged phase (ep) (default: 20)"),
+        dict(type=int, help=f"K, steps of each nudged phase (ep) (default: {_EP.nudged_steps})"),
     ),
     "--clamped-steps": (
         "clamped_steps",
-        dict(type=int, help="steps of the clamped phase (chl) (default: 20)"),
+        dict(type=int, help=f"steps of the clamped phase (chl) (default: {_CHL.clamped_steps})"),
     ),
     "--nudging": (
         "nudging",
-        dict(choices=rules.NUDGINGS, help="EP's nudged phases: ±β or +β (default: symmetric)"),
+        dict(choices=rules.NUDGINGS, help=f"EP's nudged phases: ±β or +β (default: {_EP.nudging})"),
     ),
     "--sigma": (
         "activation",
-        dict(choices=rules.SIGMAS, help="state activation σ of ep, chl (default: clip)"),
+        dict(
+            choices=rules.SIGMAS, help=f"state activation σ of ep, chl (default: {_EP.activation})"
+        ),
     ),
     "--start": (
         "start",
-        dict(choices=rules.STARTS, help="where the free phase starts (ep, chl) (default: zero)"),
+        dict(
+            choices=rules.STARTS,
+            help=f"where the free phase starts (ep, chl) (default: {_EP.start})",
+        ),
     ),
 }
 
