@@ -3,7 +3,8 @@
 #   bench  the benchmark's row for every rule (BP, DP⊤, DP, fast path, damped DP⊤, KP-DP, EP,
 #          CHL) on MLP, CNN and VGG16
 #   mlp    experiments/rule_family.py's Fashion-MNIST MLP table on the GPU (EPOCHS epochs)
-#   cnn    the same for the CNN rows (setup fmnist_cnn_pooled; RULES below)
+#   relax  whether EP's free phase settles on the CNN, per relaxation order
+#   cnn    the same for the CNN rows (setup fmnist_cnn_pooled; CNN_RULES below)
 #   tests  the rule family's oracle tests on the accelerator's JAX
 # The GPU machine has no Debian dataset package: copy the Fashion-MNIST IDX files to
 # .gpu_data/fashion-mnist/ (git-ignored) and carry that folder. Results go to $OUT.
@@ -31,10 +32,14 @@ case ",$STAGES," in *,mlp,*)
   timeout 330 python experiments/rule_family.py --epochs "$EPOCHS" --seeds 0,1,2 \
     --runs /tmp/rule_family_gpu --out "$OUT/RULE_FAMILY_GPU.md" --override "$data" 2>&1 | tail -20 ;;
 esac
+case ",$STAGES," in *,relax,*)
+  timeout 120 python experiments/relaxation_check.py --setup fmnist_cnn_pooled \
+    --data-dir .gpu_data/fashion-mnist 2>&1 | tee "$OUT/relaxation_cnn.txt" ;;
+esac
 case ",$STAGES," in *,cnn,*)
   timeout 450 python experiments/rule_family.py --setup fmnist_cnn_pooled --epochs "$EPOCHS" \
     --rules "$CNN_RULES" --seeds 0,1,2 --runs /tmp/rule_family_cnn_gpu \
-    --out "$OUT/RULE_FAMILY_CNN_GPU.md" --override "$data" 2>&1 | tail -20 ;;
+    --out "$OUT/${CNN_OUT:-RULE_FAMILY_CNN_GPU}.md" --override "$data" 2>&1 | tail -20 ;;
 esac
 case ",$STAGES," in *,tests,*)
   timeout 200 python -m pytest -q -p no:cacheprovider tests/test_energy.py tests/test_variants.py \

@@ -436,3 +436,75 @@ def test_beta_is_traced_one_compilation_serves_every_beta():
         for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g_eager), strict=True):
             np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-13)
     assert traces == {"ep": 1}
+
+
+# ------------------------------------------------------------ the odd-even relaxation order
+
+
+def _odd_even_relaxed(params, x, s, steps, output=lambda a, s_L: a):
+    """``steps`` odd-even steps written out: layers 1, 3, ... from the current states, then
+    layers 2, 4, ... from the updated ones (states[i] is layer i + 1)."""
+    s = list(s)
+    for _ in range(steps):
+        for parity in (0, 1):
+            d = _dense_drive(params, x, s)
+            for i in range(parity, len(s), 2):
+                s[i] = output(d[i], s[i]) if i == len(s) - 1 else _clip(d[i])
+    return tuple(s)
+
+
+def test_odd_even_steps_are_the_written_out_red_black_updates():
+    """``order="odd_even"``: three steps from zero, free and nudged, against the updates written
+    out here (not converged, so the order shows). Catches: a Jacobi step in its place (layer 2
+    would see layer 1's old state), the parities swapped, the output updated in the wrong
+    half-step, the nudge dropped from the odd-even phase."""
+    with jax.enable_x64(True):
+        net, params, x, y = _mlp_problem(widths=(6, 5, 4, 4, 3))
+        rule = rules.equilibrium_prop(beta=0.3, dtype="float64", order="odd_even")
+        zeros = _zeros(net, params, x)
+        got = energy.relax(net, params, x, zeros, rule, 3)
+        want = _odd_even_relaxed(params, x, zeros, 3)
+        jacobi = _relaxed(_dense_drive, params, x, zeros, 3)
+        t = jax.nn.one_hot(y, 3, dtype=x.dtype)
+        nudged = energy.relax(net, params, x, zeros, rule, 3, y=y, beta=0.3)
+        want_nudged = _odd_even_relaxed(params, x, zeros, 3, lambda a, s_L: a - 0.3 * (s_L - t))
+    for g, w in zip(got + nudged, want + want_nudged, strict=True):
+        np.testing.assert_allclose(g, w, atol=1e-13)
+    pairs = zip(got, jacobi, strict=True)
+    gap = max(float(np.max(np.abs(np.asarray(g) - np.asarray(j)))) for g, j in pairs)
+    assert gap > 1e-3  # the order shows after three steps
+
+
+def test_odd_even_ep_has_the_same_limit_as_synchronous_ep():
+    """The two orders share their fixed points (s_k = σ(∂Φ/∂s_k) for every k), so odd-even EP
+    tends to the same gradient at the free fixed point as β → 0. Oracle: autodiff through the
+    test-side (synchronous) relaxation of a contractive net, as in the first test."""
+    with jax.enable_x64(True):
+        net, params, x, y = _mlp_problem()
+        g_true, _ = _true_grad(_dense_drive, net, params, x, y, "squared_error")
+        rule = rules.equilibrium_prop(
+            beta=1e-4, free_steps=T, nudged_steps=T, nudging="one_sided", dtype="float64",
+            order="odd_even",
+        )  # fmt: skip
+        g, _ = _grad_fn(net)(rule, params, x, y)
+    assert min(_cosines(g, g_true)) > 0.9999
+    assert _rel_err(g, g_true) < 3e-4
+
+
+def test_odd_even_settles_where_synchronous_updates_cycle():
+    """Strongly coupled layers (kernels at 0.8x He, hidden biases ½): synchronous updates cycle
+    with period 2 (classic for synchronous Hopfield dynamics; measured: states flip between 0
+    and 1, residual 1.0 after 300 steps), while odd-even updates, exact block ascent steps of
+    the energy Φ - ½‖s‖² over the clip's box, settle at a fixed point (residual 0). The
+    residual is the test-side one: how far one more written-out step moves the states. Catches
+    an odd-even order that silently falls back to Jacobi steps."""
+    with jax.enable_x64(True):
+        net, params, x, _ = _mlp_problem(widths=(6, 16, 16, 3), scale=0.8, batch=8)
+        residual = {}
+        for order in ("synchronous", "odd_even"):
+            rule = rules.equilibrium_prop(free_steps=300, dtype="float64", order=order)
+            residual[order] = _residual(
+                _dense_drive, params, x, energy.free_phase(net, params, x, rule)
+            )
+    assert residual["synchronous"] > 0.5, residual
+    assert residual["odd_even"] < 1e-12, residual

@@ -154,6 +154,14 @@ _RULE_FLAGS: dict[str, tuple[str, dict]] = {
             choices=rules.SIGMAS, help=f"state activation σ of ep, chl (default: {_EP.activation})"
         ),
     ),
+    "--relax-order": (
+        "order",
+        dict(
+            choices=rules.ORDERS,
+            help="EP / CHL relaxation: every layer at once, or odd then even layers "
+            f"(default: {_EP.order})",
+        ),
+    ),
     "--start": (
         "start",
         dict(

@@ -33,6 +33,8 @@ def describe_rule(rule: rules.Rule) -> str:
         extra = [f"T={rule.free_steps}", f"clamped {rule.clamped_steps}"]
     if isinstance(rule, rules.EquilibriumProp | rules.ContrastiveHebbian):
         extra.append(f"σ={rule.activation}, from {rule.start}")
+        if rule.order != "synchronous":
+            extra.append(f"{rule.order} updates")
     if rule.dtype != "float32":
         extra.append(rule.dtype)
     if rule.loss != "softmax_ce":

@@ -50,6 +50,8 @@ NUDGINGS = ("one_sided", "symmetric")
 SIGMAS = ("clip", "identity")
 """EP / CHL state activation σ: clip(x, 0, 1) (the 'hard sigmoid' of the EP literature), or
 identity (a linear Hopfield net, for closed forms)."""
+ORDERS = ("synchronous", "odd_even")
+"""EP / CHL relaxation order: all layers at once (Jacobi), or odd layers then even layers."""
 STARTS = ("zero", "forward")
 """Where the free phase of EP / CHL starts: every state at 0, or the feedforward pass."""
 SCHEDULES = ("alternating", "bottom_up")
@@ -513,6 +515,7 @@ def _check_energy_common(who: str, rule) -> None:
     _check_choice(who, "loss", rule.loss, LOSSES)
     _check_choice(who, "activation", rule.activation, SIGMAS)
     _check_choice(who, "start", rule.start, STARTS)
+    _check_choice(who, "order", rule.order, ORDERS)
     _check_choice(who, "dtype", rule.dtype, DTYPES)
     _check_count(who, "unroll", rule.unroll, 1)
     for f in ("free_steps", "unroll"):
@@ -554,6 +557,10 @@ class EquilibriumProp(Rule):
         The model's own activation f is not used.
       start: where the free phase starts: ``"zero"`` (every state 0; default) or
         ``"forward"`` (the feedforward pass with σ).
+      order: ``"synchronous"`` (default: every layer from the previous step's states, as in
+        Laborieux et al. 2021's code) or ``"odd_even"`` (odd layers, then even layers from
+        them: exact block updates of the energy, which settle where synchronous updates of
+        strongly coupled layers, e.g. He-initialised conv nets, cycle with period 2).
       dtype: compute dtype of the layer maps.
       unroll: relaxation steps per iteration of the phase loops (``fori_loop(unroll=...)``).
     """
@@ -565,6 +572,7 @@ class EquilibriumProp(Rule):
     loss: str = "squared_error"
     activation: str = "clip"
     start: str = "zero"
+    order: str = "synchronous"
     dtype: str = "float32"
     unroll: int = 1
 
@@ -585,7 +593,10 @@ class EquilibriumProp(Rule):
 
     @property
     def label(self) -> str:
-        return self.name if self.nudging == "symmetric" else f"{self.name}+one_sided"
+        """``ep``, plus ``+one_sided`` and ``+odd_even`` for those settings."""
+        tags = [t for t, on in (("one_sided", self.nudging == "one_sided"),
+                                ("odd_even", self.order == "odd_even")) if on]  # fmt: skip
+        return "+".join([self.name, *tags])
 
     def _grad(self, net, params, x, y):
         return energy._ep_grad(net, params, x, y, self)
@@ -617,6 +628,7 @@ class ContrastiveHebbian(Rule):
     loss: str = "squared_error"
     activation: str = "clip"
     start: str = "zero"
+    order: str = "synchronous"
     dtype: str = "float32"
     unroll: int = 1
 
@@ -627,6 +639,11 @@ class ContrastiveHebbian(Rule):
         _check_count(who, "clamped_steps", self.clamped_steps, 1)
         _check_energy_common(who, self)
         object.__setattr__(self, "clamped_steps", int(self.clamped_steps))
+
+    @property
+    def label(self) -> str:
+        """``chl``, plus ``+odd_even`` for that relaxation order."""
+        return f"{self.name}+odd_even" if self.order == "odd_even" else self.name
 
     def _grad(self, net, params, x, y):
         return energy._chl_grad(net, params, x, y, self)
@@ -708,6 +725,7 @@ def equilibrium_prop(
     start: str = "zero",
     dtype: str = "float32",
     unroll: int = 1,
+    order: str = "synchronous",
 ) -> EquilibriumProp:
     """Equilibrium propagation (see :class:`EquilibriumProp`)."""
     return EquilibriumProp(
@@ -720,6 +738,7 @@ def equilibrium_prop(
         start=start,
         dtype=dtype,
         unroll=unroll,
+        order=order,
     )
 
 
@@ -731,6 +750,7 @@ def chl(
     start: str = "zero",
     dtype: str = "float32",
     unroll: int = 1,
+    order: str = "synchronous",
 ) -> ContrastiveHebbian:
     """Contrastive Hebbian learning (see :class:`ContrastiveHebbian`)."""
     return ContrastiveHebbian(
@@ -741,6 +761,7 @@ def chl(
         start=start,
         dtype=dtype,
         unroll=unroll,
+        order=order,
     )
 
 
@@ -791,6 +812,7 @@ LABEL_EXTRAS: dict[str, dict[str, Any]] = {
     "kp": dict(feedback="kolen_pollack"),
     "exact": dict(output="exact", loss="squared_error"),
     "one_sided": dict(nudging="one_sided"),
+    "odd_even": dict(order="odd_even"),
 }
 """What each ``+tag`` of a rule label sets: ``"dp_top+damped"``, ``"dp+kp"``, ``"ep+one_sided"``."""
 
