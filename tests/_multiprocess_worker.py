@@ -41,7 +41,6 @@ CASES = {  # name: (model, rule)
     "mlp_bp": ("mlp", "bp"),
     "mlp_dp_top_damped": ("mlp", "dp_top+damped"),
     "mlp_dp_kp": ("mlp", "dp+kp"),
-    "cnn_dp_kp": ("cnn", "dp+kp"),
     "mlp_ep": ("mlp", "ep"),
     "mlp_chl": ("mlp", "chl"),
 }

@@ -205,8 +205,7 @@ def test_damped_with_every_gamma_at_most_one_is_bit_identical_to_plain_dp(kind, 
         assert jax.tree.structure(g_damped) == jax.tree.structure(params)
 
 
-@pytest.mark.parametrize("variant", ["dp", "dp_top"])
-@pytest.mark.parametrize("passes", [0, 2])
+@pytest.mark.parametrize(("variant", "passes"), [("dp", 0), ("dp_top", 2)])
 def test_damped_dyads_equal_the_closed_form_with_numpy_svd_norms(variant, passes):
     """Oracle: the damped updates in numpy loops with L_k = max(0, (σ_max(W_k)² - 1)/2) from
     numpy's SVD of map k's kernel (map k sends hidden layer k to layer k+1: the 2024 code's
@@ -389,9 +388,10 @@ def test_damped_rule_state_and_errors():
 # ------------------------------------------------------------------ Kolen–Pollack DP
 
 
-@pytest.mark.parametrize("kind", ["mlp", "cnn"])
-@pytest.mark.parametrize("variant", ["dp", "dp_top"])
-@pytest.mark.parametrize("passes", [0, 2])
+@pytest.mark.parametrize(
+    ("kind", "variant", "passes"),
+    [("mlp", "dp", 0), ("mlp", "dp_top", 2), ("cnn", "dp", 2), ("cnn", "dp_top", 0)],
+)
 def test_kp_with_b_equal_to_w_is_dp(kind, variant, passes):
     """Oracle: plain DP. With B_k = W_k, KP's feedback (the vjp of map k with kernel B_k at
     s̄_k) is DP's J_kᵀ δ_{k+1}, for dense, conv and pooled maps alike, so the layers' gradient
@@ -511,8 +511,7 @@ def test_kp_angle_to_w_shrinks_during_training(fmnist_raw):
 # ------------------------------------------------------------------ exact squared-error output
 
 
-@pytest.mark.parametrize("variant", ["dp", "dp_top"])
-@pytest.mark.parametrize("passes", [0, 2])
+@pytest.mark.parametrize(("variant", "passes"), [("dp", 0), ("dp_top", 2)])
 def test_exact_output_is_the_stationary_point_of_the_output_objectives(variant, passes):
     """Oracle: ``jax.grad`` of the output objectives, and the numpy closed form. s⁺_L
     minimises ½‖s - a_L‖² + c⁺β·½‖s - t‖² and s⁻_L is stationary for
