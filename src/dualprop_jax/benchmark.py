@@ -241,15 +241,13 @@ def bench_model(
     energy = [label for label in rule_labels if label.split("+")[0] in ENERGY_RULES]
     fast = [label for label in rule_labels if label not in energy]
 
+    configs = {
+        label: train_config(label, alpha, beta, dtype, passes, free_steps, nudged_steps)
+        for label in rule_labels
+    }
+
     def entries(labels):
-        return {
-            label: _init(
-                spec,
-                train_config(label, alpha, beta, dtype, passes, free_steps, nudged_steps),
-                seed,
-            )
-            for label in labels
-        }
+        return {label: _init(spec, configs[label], seed) for label in labels}
 
     group = _time_steps(entries(fast), spec, batch, seed, warmup, steps)
     timed = {label: (group[label], group["bp"]) for label in fast}  # (row, its group's BP)
@@ -263,10 +261,12 @@ def bench_model(
         bp_ms = ref["step_ms_median"]
         relax = {}
         if label in energy:
-            rule = train_config(label, alpha, beta, dtype, passes, free_steps, nudged_steps).rule
-            k = getattr(rule, "nudged_steps", getattr(rule, "clamped_steps", None))
-            phases = 2 if getattr(rule, "nudging", "") == "symmetric" else 1
-            relax = {"T": rule.free_steps, "K": k, "relaxation_steps": rule.free_steps + phases * k}
+            rule = configs[label].rule
+            relax = {
+                "T": rule.free_steps,
+                "K": rule.phase_steps,
+                "relaxation_steps": rule.relaxation_steps,
+            }
         rows.append(
             {"model": name, "rule": label, "batch": batch, "dtype": dtype}
             | {"steps": n if label in energy else steps}

@@ -154,6 +154,10 @@ class Rule:
                     "with state = rule.init(net, params)."
                 )
             return self._grad(net, params, x, y)
+        return self._grad_with_state(net, params, x, y, state)
+
+    def _grad_with_state(self, net, params, x, y, state):
+        """``(grads, aux, state)``; stateful rules override it (the state passes through)."""
         grads, aux = self._grad(net, params, x, y)
         return grads, aux, state
 
@@ -427,15 +431,10 @@ class DualProp(Rule):
             return dyads.init_feedback(net, params, key)
         return params
 
-    def grad(self, net, params, x, y, state=None):
-        if not self.damped:
-            return super().grad(net, params, x, y, state)
-        if state is None:
-            raise ValueError(
-                "the damped rule carries its power-iteration state: call "
-                "rule.grad(net, params, x, y, state) with state = rule.init(net, params)."
-            )
-        return dyads._damped_grad(net, params, x, y, self, state)
+    def _grad_with_state(self, net, params, x, y, state):
+        if self.damped:
+            return dyads._damped_grad(net, params, x, y, self, state)
+        return super()._grad_with_state(net, params, x, y, state)
 
     def metrics(self, net, params, state):
         """KP-DP: the angle (degrees) between B_k and W_k per map; damped: γ_k per map."""
@@ -598,6 +597,16 @@ class EquilibriumProp(Rule):
                                 ("odd_even", self.order == "odd_even")) if on]  # fmt: skip
         return "+".join([self.name, *tags])
 
+    @property
+    def phase_steps(self) -> int:
+        """K, the steps of each nudged phase."""
+        return self.nudged_steps
+
+    @property
+    def relaxation_steps(self) -> int:
+        """Relaxation steps per gradient: T + K (one-sided) or T + 2K (symmetric)."""
+        return self.free_steps + (2 if self.nudging == "symmetric" else 1) * self.nudged_steps
+
     def _grad(self, net, params, x, y):
         return energy._ep_grad(net, params, x, y, self)
 
@@ -644,6 +653,16 @@ class ContrastiveHebbian(Rule):
     def label(self) -> str:
         """``chl``, plus ``+odd_even`` for that relaxation order."""
         return f"{self.name}+odd_even" if self.order == "odd_even" else self.name
+
+    @property
+    def phase_steps(self) -> int:
+        """K, the steps of the clamped phase."""
+        return self.clamped_steps
+
+    @property
+    def relaxation_steps(self) -> int:
+        """Relaxation steps per gradient: T + K."""
+        return self.free_steps + self.clamped_steps
 
     def _grad(self, net, params, x, y):
         return energy._chl_grad(net, params, x, y, self)
