@@ -263,21 +263,81 @@ def _infer(net: LayeredNet, params, x, y, config: DPConfig, damping=None):
             sp[k], sm[k] = _hidden_update(net, a[k], fb, config, damping[k], s[k])
 
     if config.passes:
-        if config.schedule == "alternating":
-            order = [*range(1, L + 1), *range(L - 1, 0, -1)]
-        else:  # bottom_up
-            order = list(range(1, L + 1))
-
-        def one_pass(_, carry):
-            sp_, sm_ = list(carry[0]), list(carry[1])
-            for k in order:
-                _update_layer(net, params, k, sp_, sm_, t, beta_g_hat, config, dtype, damping)
-            return tuple(sp_), tuple(sm_)
-
+        one_pass = _pass_fn(net, params, t, beta_g_hat, config, damping)
         sp, sm = jax.lax.fori_loop(
-            0, config.passes, one_pass, (tuple(sp), tuple(sm)), unroll=config.unroll_factor
+            0,
+            config.passes,
+            lambda _, c: one_pass(c),
+            (tuple(sp), tuple(sm)),
+            unroll=config.unroll_factor,
         )
     return Dyads(tuple(sp), tuple(sm)), y_hat, t
+
+
+def _pass_fn(net: LayeredNet, params, t, beta_g_hat, config: DPConfig, damping=None):
+    """One extra inference pass of ``config.schedule``: ``(s⁺, s⁻) -> (s⁺, s⁻)``, tuples over
+    layers 0..L. ``"alternating"`` re-solves k = 1..L then L-1..1, ``"bottom_up"`` k = 1..L."""
+    L, dtype = net.num_maps, jnp.dtype(config.dtype)
+    if config.schedule == "alternating":
+        order = [*range(1, L + 1), *range(L - 1, 0, -1)]
+    else:  # bottom_up
+        order = list(range(1, L + 1))
+
+    def one_pass(carry):
+        sp_, sm_ = list(carry[0]), list(carry[1])
+        for k in order:
+            _update_layer(net, params, k, sp_, sm_, t, beta_g_hat, config, dtype, damping)
+        return tuple(sp_), tuple(sm_)
+
+    return one_pass
+
+
+@functools.partial(jax.jit, static_argnames=("net", "passes"))
+def pass_residuals(
+    net: LayeredNet, params, x: jax.Array, y: jax.Array, config: DPConfig, passes: int
+) -> dict[str, jax.Array]:
+    """How the fixed-point iteration of the dyads behaves: ``passes`` passes of
+    ``config.schedule`` after the start ``config`` gives with no extra passes (forward pass,
+    output nudge, and the top-down sweep unless ``config.sweep`` is False).
+
+    With S_p the dyads (s⁺_k, s⁻_k), k = 1..L, after pass p (S_0 the start), returns
+      ``"residual"``: r_p = ‖S_p - S_{p-1}‖, p = 1..passes (norm over layers, both states and
+        the batch, divided by √B): the step of the iteration. A converging iteration shrinks it
+        geometrically, r_{p+1} ≈ ρ r_p, with ρ < 1 the spectral radius of the pass's
+        linearisation at the fixed point; ρ > 1 (or a non-finite r_p) means it diverges.
+      ``"delta"``: ‖δ_p‖ = ‖(s⁺_k - s⁻_k)_k‖ / √B after each pass (the error the dyads carry;
+        O(β) while the iteration is stable).
+    ``config.passes`` is ignored; the damped rule is not supported here (no state).
+    """
+    if config.damped:
+        raise ValueError("pass_residuals does not support damped rules (they carry state).")
+    # With sweep=False the start is the forward state with only the output nudged.
+    dyads_0, y_hat, t = _infer(net, params, x, y, _no_passes(config))
+    beta_g_hat = _beta_g(y_hat, t, config)
+    one_pass = _pass_fn(net, params, t, beta_g_hat, config)
+    scale = jnp.sqrt(jnp.asarray(x.shape[0], jnp.float32))
+
+    def norm(tree):
+        return jnp.sqrt(sum(jnp.sum(jnp.square(v.astype(jnp.float32))) for v in tree)) / scale
+
+    def body(carry, _):
+        new = one_pass(carry)
+        now, before = new[0][1:] + new[1][1:], carry[0][1:] + carry[1][1:]
+        step = [a - b for a, b in zip(now, before, strict=True)]
+        delta = [p - m for p, m in zip(new[0][1:], new[1][1:], strict=True)]
+        return new, (norm(step), norm(delta))
+
+    _, (residual, delta) = jax.lax.scan(body, (dyads_0.s_plus, dyads_0.s_minus), None, passes)
+    return {"residual": residual, "delta": delta}
+
+
+def _no_passes(config: DPConfig) -> DPConfig:
+    """``config`` with no extra passes (validation bypassed: sweep=False needs passes ≥ 1
+    as a rule, but here the passes are run by the caller)."""
+    leaves, treedef = jax.tree.flatten(config)
+    rebuilt = jax.tree.unflatten(treedef, leaves)
+    object.__setattr__(rebuilt, "passes", 0)
+    return rebuilt
 
 
 @_static
