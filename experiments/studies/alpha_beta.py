@@ -366,14 +366,32 @@ def figure(args, groups):
 def main(argv=None) -> int:
     p = common.parser(STUDY, __doc__)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--train-images", type=int, default=20000)
+    p.add_argument(
+        "--train-images", type=int, default=20000, help="training-set subset (0: all 60 000)"
+    )
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--diag-images", type=int, default=1000)
+    p.add_argument("--alphas", type=float, nargs="+", default=list(ALPHAS), help="α values")
+    p.add_argument("--betas", type=float, nargs="+", default=list(BETAS), help="β values")
+    p.add_argument(
+        "--depths", nargs="+", choices=sorted(DEPTHS), default=list(DEPTHS), help="networks"
+    )
+    p.add_argument(
+        "--schedules",
+        nargs="+",
+        choices=sorted(SCHEDULES),
+        default=list(SCHEDULES),
+        help="inference schedules",
+    )
     args = p.parse_args(argv)
     prov = common.Provenance(STUDY, args.quick, argv)
-    args.alphas, args.betas, args.depths, args.schedules = ALPHAS, BETAS, DEPTHS, SCHEDULES
+    if args.train_images <= 0:
+        args.train_images = None  # the whole training set (60 000 images)
+    args.alphas, args.betas = tuple(args.alphas), tuple(args.betas)
+    args.depths = {d: DEPTHS[d] for d in args.depths}
+    args.schedules = {s: SCHEDULES[s] for s in args.schedules}
     if args.quick:
         args.alphas, args.betas = QUICK["alphas"], QUICK["betas"]
         args.depths, args.schedules = QUICK["depths"], QUICK["schedules"]
@@ -382,6 +400,7 @@ def main(argv=None) -> int:
     out = common.out_dir(STUDY, args)
     x, y, x_test, y_test = common.load_fashion_mnist(args.train_images)
     data = (x, y, x_test, y_test)
+    n_train = int(x.shape[0])
     diag_data = (x[: args.diag_images], y[: args.diag_images])
     groups = {}
     for depth, widths in args.depths.items():
@@ -392,9 +411,9 @@ def main(argv=None) -> int:
                 )
     meta = prov.finish()
     body = (
-        f"Fashion-MNIST; Adam lr {args.lr:g}, batch {args.batch_size}, {args.train_images} "
+        f"Fashion-MNIST; Adam lr {args.lr:g}, batch {args.batch_size}, {n_train} "
         f"training images × {args.epochs} epoch(s) "
-        f"({args.train_images // args.batch_size * args.epochs} steps), seeds "
+        f"({n_train // args.batch_size * args.epochs} steps), seeds "
         f"{', '.join(map(str, args.seeds))}; test accuracy on the 10 000 test images. "
         "Schedules: `sweep` = forward pass, output nudge, one top-down sweep (BP's cost); "
         "`fw16` = the 2024 scripts' 16 bottom-up passes (the first nudges only the output). "
