@@ -179,7 +179,7 @@ def run_group(args, out, data, diag_data, depth, widths, sched_name, schedule, v
         saved = json.loads(path.read_text())
         if saved.get("signature") == sig:
             common.progress(f"  {path.name}: reused")
-            return saved
+            return {**saved, "reused": True}
     common.progress(f"  {depth} {sched_name} {LABEL[variant]}: training")
     optimizer = optax.adam(args.lr)
     net, _ = init_params(widths, 0)
@@ -299,8 +299,19 @@ def headline(args, groups) -> str:
                     div = f", {c['diverged']}/{c['seeds']} diverged" if c["diverged"] else ""
                     vals.append(f"{LABEL[variant]} {100 * c['mean']:.1f}%{div}")
                 parts.append(f"α = {a:g}: " + " vs ".join(vals))
+            worst = []
+            for variant in VARIANTS:
+                cells = summarise(groups[(depth, sched, variant)], args.alphas, args.betas)
+                (wa, wb), c = min(cells.items(), key=lambda kv: kv[1]["mean"])
+                worst.append(f"{LABEL[variant]} {100 * c['mean']:.1f}% (α = {wa:g}, β = {wb:g})")
             name = "-".join(map(str, widths))
-            out.append(f"- MLP {name}, {sched}, β = {b:g}: " + "; ".join(parts) + ".")
+            out.append(
+                f"- MLP {name}, {sched}, β = {b:g}: "
+                + "; ".join(parts)
+                + ". Worst cell: "
+                + ", ".join(worst)
+                + "."
+            )
     return "\n".join(out) + "\n"
 
 
@@ -308,22 +319,31 @@ def figure(args, groups):
     import matplotlib.pyplot as plt
 
     rows = [(d, s) for d in args.depths for s in args.schedules]
-    fig, axes = plt.subplots(len(rows) + 1, 2, figsize=(9, 3.0 * (len(rows) + 1)), squeeze=False)
+    fig, axes = plt.subplots(
+        len(rows) + 1, 2, figsize=(9, 2.8 * (len(rows) + 1)), squeeze=False, layout="constrained"
+    )
+    summaries = {key: summarise(groups[key], args.alphas, args.betas) for key in groups}
+    means = [100 * c["mean"] for cells in summaries.values() for c in cells.values()]
+    vmin, vmax = np.floor(min(means)) - 1, np.ceil(max(means)) + 1  # the grid's own range
     for r, (depth, sched) in enumerate(rows):
         for c, variant in enumerate(VARIANTS):
             ax = axes[r][c]
-            cells = summarise(groups[(depth, sched, variant)], args.alphas, args.betas)
+            cells = summaries[(depth, sched, variant)]
             grid = np.array(
                 [[100 * cells[(a, b)]["mean"] for a in args.alphas] for b in args.betas]
             )
-            im = ax.imshow(grid, vmin=10, vmax=100, cmap="viridis", origin="lower", aspect="auto")
+            im = ax.imshow(
+                grid, vmin=vmin, vmax=vmax, cmap="viridis", origin="lower", aspect="auto"
+            )
             for i, b in enumerate(args.betas):
                 for j, a in enumerate(args.alphas):
                     cell = cells[(a, b)]
-                    text = f"{grid[i, j]:.0f}" + (
+                    text = f"{grid[i, j]:.1f}" + (
                         f"\n✕{cell['diverged']}" if cell["diverged"] else ""
                     )
-                    ax.text(j, i, text, ha="center", va="center", fontsize=8, color="w")
+                    light = grid[i, j] < (vmin + vmax) / 2
+                    ax.text(j, i, text, ha="center", va="center", fontsize=8,
+                            color="w" if light else "k")  # fmt: skip
             ax.set_xticks(range(len(args.alphas)), [f"{a:g}" for a in args.alphas])
             ax.set_yticks(range(len(args.betas)), [f"{b:g}" for b in args.betas])
             ax.set_xlabel("α")
@@ -332,11 +352,12 @@ def figure(args, groups):
             ax.set_title(f"{LABEL[variant]}, {name}, {sched}", fontsize=9)
     fig.colorbar(im, ax=axes[: len(rows)].ravel().tolist(), shrink=0.6, label="test accuracy (%)")
     diag_sched = [s for s in args.schedules if s != "sweep"]
-    for c, depth in enumerate(args.depths):
+    for c in range(2):
         ax = axes[len(rows)][c]
-        if not diag_sched:
+        if not diag_sched or c >= len(args.depths):
             ax.axis("off")
             continue
+        depth = list(args.depths)[c]
         for variant, style in zip(VARIANTS, ("-", "--"), strict=True):
             d = groups[(depth, diag_sched[0], variant)]["diagnostic"]
             for b in args.betas:
@@ -356,9 +377,8 @@ def figure(args, groups):
         ax.set_ylim(5e-10, 2e3)
         ax.set_xlabel("α")
         ax.set_ylabel(f"r_{DIAG_PASSES}/r_1 at init (floor: 1e-9)")
-        ax.set_title(
-            f"dyad fixed-point iteration, {'-'.join(map(str, args.depths[depth]))}", fontsize=9
-        )
+        name = "-".join(map(str, args.depths[depth]))
+        ax.set_title(f"does the {DIAG_PASSES}-pass iteration settle? {name}", fontsize=9)
         ax.legend(fontsize=6, ncol=2)
     return fig
 
@@ -410,6 +430,15 @@ def main(argv=None) -> int:
                     args, out, data, diag_data, depth, widths, sched_name, schedule, variant
                 )
     meta = prov.finish()
+    train_minutes = sum(g["train_seconds"] for g in groups.values()) / 60
+    reused = sum(bool(g.get("reused")) for g in groups.values())
+    if reused:
+        train_minutes_note = (
+            f" {reused} of {len(groups)} groups were read back from `partial/`, as finished by an "
+            "earlier run of the same command (the run time above does not include them)."
+        )
+    else:
+        train_minutes_note = ""
     body = (
         f"Fashion-MNIST; Adam lr {args.lr:g}, batch {args.batch_size}, {n_train} "
         f"training images × {args.epochs} epoch(s) "
@@ -417,7 +446,10 @@ def main(argv=None) -> int:
         f"{', '.join(map(str, args.seeds))}; test accuracy on the 10 000 test images. "
         "Schedules: `sweep` = forward pass, output nudge, one top-down sweep (BP's cost); "
         "`fw16` = the 2024 scripts' 16 bottom-up passes (the first nudges only the output). "
-        "At α = ½ with one sweep DP and DP⊤ are the same rule.\n"
+        "At α = ½ with one sweep DP and DP⊤ are the same rule. Training time of all groups "
+        f"(summed over their first runs, on this machine): {train_minutes:.0f} min."
+        + train_minutes_note
+        + "\n"
         + headline(args, groups)
         + tables(args, groups)
         + "\nRaw numbers (every seed, divergence step, residuals r_p per pass): "
