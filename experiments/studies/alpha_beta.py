@@ -191,7 +191,15 @@ def run_group(args, out, data, diag_data, depth, widths, sched_name, schedule, v
         for s in args.seeds
     ]
     runs, states, seconds = train_group(net, params_by_seed, cells, data, args, optimizer)
-    group = {"signature": sig, "runs": runs, "train_seconds": round(seconds, 1)}
+    group = {
+        "signature": sig,
+        "runs": runs,
+        "train_seconds": round(seconds, 1),
+        "trained_with": {  # a resumed run reuses this group: say which code trained it
+            "git_commit": common._git("rev-parse", "--short=12", "HEAD"),
+            "finished": time.strftime("%Y-%m-%d %H:%M"),
+        },
+    }
     if sched_name != "sweep":  # the fixed-point iteration this schedule runs, per (α, β)
         first = args.seeds[0]
         idx = [i for i, (_, s) in enumerate(cells) if s == first]
