@@ -163,9 +163,12 @@ def test_ctrl_c_stops_with_130_and_the_run_resumes(fmnist_npz, tmp_path):
     w = tmp_path / "run"
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     args = _args(fmnist_npz, w, "--epochs", "20")
+    # Ctrl-C as a user's terminal delivers it: a parallel test runner (pytest-xdist) may run
+    # this test with SIGINT ignored, which the child would inherit and keep ignoring.
     proc = subprocess.Popen(
         [sys.executable, "-m", "dualprop_jax.cli", *args],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
     try:
         deadline = time.time() + 120
