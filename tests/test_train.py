@@ -359,3 +359,41 @@ def test_divergence_stops_with_a_clear_message_and_keeps_the_last_good_checkpoin
     _, state, meta = checkpoints.load_checkpoint(tmp_path / "run")
     assert meta["epoch"] == 1
     assert all(bool(np.isfinite(leaf).all()) for leaf in jax.tree.leaves(state["params"]))
+
+
+@pytest.mark.parametrize("when", ["before_the_save", "during_the_save"])
+def test_ctrl_c_names_the_epoch_whose_checkpoint_is_on_disk(when, tmp_path, monkeypatch):
+    """The interrupt message must name the newest checkpoint on disk, wherever Ctrl-C lands
+    around epoch 2's save: after epoch 2 is in the history but before its save starts (seen in
+    CI: the message named epoch 2, the disk held epoch 1), or during the save, which
+    ``checkpoints.save`` holds back until the checkpoint is written."""
+    from dualprop_jax.errors import TrainingInterrupted
+
+    ds = load_dataset("fashion_mnist", max_train=300, seed=0)
+    cfg = TrainConfig(widths=(16,), epochs=4, batch_size=100, seed=0)
+    real_checkpoint, real_save = train._checkpoint, checkpoints.save
+
+    def checkpoint(state, best):
+        if when == "before_the_save" and len(checkpoints.saved_epochs(tmp_path / "run")) == 1:
+            raise KeyboardInterrupt
+        return real_checkpoint(state, best)
+
+    def save(mgr, epoch, state, meta):
+        real_save(mgr, epoch, state, meta)
+        if when == "during_the_save" and epoch == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "_checkpoint", checkpoint)
+    monkeypatch.setattr(checkpoints, "save", save)
+    with pytest.raises(TrainingInterrupted) as info:
+        train.train_and_evaluate(cfg, tmp_path / "run", dataset=ds, plots=False)
+    on_disk = {"before_the_save": 1, "during_the_save": 2}[when]
+    assert checkpoints.latest_epoch(tmp_path / "run") == on_disk
+    assert info.value.epoch == on_disk
+    assert f"after epoch {on_disk}; continue with --resume" in str(info.value)
+    monkeypatch.setattr(train, "_checkpoint", real_checkpoint)
+    monkeypatch.setattr(checkpoints, "save", real_save)
+    results = train.train_and_evaluate(cfg, tmp_path / "run", dataset=ds, resume=True,
+                                       plots=False)  # fmt: skip
+    assert checkpoints.load_checkpoint(tmp_path / "run")[2]["epoch"] == 4
+    assert np.isfinite(results["test_accuracy"])

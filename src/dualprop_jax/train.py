@@ -84,6 +84,7 @@ def train_and_evaluate(
     mgr = checkpoints.manager(workdir, config.keep_checkpoints)
     emit("start", run.start_info(ds, state, meta))
 
+    saved = meta["epoch"]  # the newest epoch on disk; meta runs ahead of it until the save
     try:
         for epoch in range(meta["epoch"] + 1, config.epochs + 1):
             emit("epoch_start", {"epoch": epoch, "steps": len(ds.x_train) // config.batch_size})
@@ -101,12 +102,18 @@ def train_and_evaluate(
             val.update(run.rule_metrics(state))
             if _record_epoch(meta, epoch, result, val, has_val=len(ds.x_val) > 0):
                 best = jax.tree.map(jnp.copy, state.params)  # the step donates its input state
-            checkpoints.save(mgr, epoch, _checkpoint(state, best), meta)
+            checkpoint = _checkpoint(state, best)
+            try:
+                checkpoints.save(mgr, epoch, checkpoint, meta)
+            except KeyboardInterrupt:  # save() holds Ctrl-C back until the checkpoint is on disk
+                saved = epoch
+                raise
+            saved = epoch
             _write_history(workdir, meta)
             emit("epoch", dict(meta["history"][-1], best_val_accuracy=meta["best_val_accuracy"]))
         test = run.evaluate(best, ds, "test")
     except KeyboardInterrupt:
-        raise TrainingInterrupted(meta["epoch"], str(workdir)) from None
+        raise TrainingInterrupted(saved, str(workdir)) from None
 
     results = _results(config, meta, test, ds, run)
     if jax.process_index() == 0:
