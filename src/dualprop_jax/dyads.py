@@ -31,6 +31,14 @@ Variants (fields of the rule):
     s⁻_L = (a_L - c⁻β t)/(1 - c⁻β), the minimiser of ½‖s - a_L‖² + c⁺β ½‖s - t‖² and the
     stationary point of ½‖s - a_L‖² - c⁻β ½‖s - t‖² (t the target), at the current a_L.
 
+Graphs (residual/DAG networks, :class:`~dualprop_jax.models.Graph`): node j's bottom-up input
+is a sum over its in-edges, a_j = Σ_{k=(i,j)} W_k(s̄_i), its feedback a sum over its out-edges,
+fb_j = Σ_{k=(j,c)} J_kᵀ δ_c (each term the vjp of edge k's map), and f_j is the node's own
+activation (identity for a sum node). The sweep visits the hidden nodes in reverse topological
+order and each pass in topological order; the weight update of edge k = (i, j) is
+-(1/β) δ_j ⊗ s̄_i. A chain is the graph with edges (k, k+1), and computes exactly what it did
+before graphs existed (every sum has one term). Damped and Kolen–Pollack DP are for chains.
+
 Weight update: with the dyads fixed, the gradient of the local objective
   J(θ) = (1/β) Σ_k ⟨-δ_k, W_{k-1}(s̄_{k-1})⟩ / B
 i.e. ∇_{W_{k-1}} J = -(1/β) δ_k s̄_{k-1}ᵀ (a Hebbian outer product), which tends to the BP
@@ -60,7 +68,7 @@ import jax
 import jax.numpy as jnp
 
 from dualprop_jax.losses import loss_gradient, per_example_loss, targets_as_array
-from dualprop_jax.models import LayeredNet, kernel_initializer
+from dualprop_jax.models import LayeredNet, edge_sum, kernel_initializer
 
 if TYPE_CHECKING:
     from dualprop_jax.rules import DualProp as DPConfig
@@ -139,8 +147,9 @@ def _beta_g(a_L, t, config: DPConfig):
     return config.beta * loss_gradient(config.loss, a_L.astype(_wide(a_L.dtype)), t)
 
 
-def _hidden_update(net: LayeredNet, a, fb, config: DPConfig, damping=None, s_now=None):
-    """s⁺_k = f(a_k + c⁺ fb_k),  s⁻_k = f(a_k - c⁻ fb_k), in at least float32.
+def _hidden_update(net: LayeredNet, j: int, a, fb, config: DPConfig, damping=None, s_now=None):
+    """s⁺_j = f_j(a_j + c⁺ fb_j),  s⁻_j = f_j(a_j - c⁻ fb_j) for hidden node j, in at least
+    float32.
 
     f is applied once, to the two pre-activations stacked on a new leading axis. (With two
     separate f calls XLA's CPU backend recomputed δ_k in each of its consumers and stored a
@@ -162,7 +171,7 @@ def _hidden_update(net: LayeredNet, a, fb, config: DPConfig, damping=None, s_now
             s_now = s_now[None]
         L_k = jnp.asarray(damping, wide)
         p = jnp.where(L_k > 0, (p + L_k * s_now) / (1.0 + L_k), p)
-    s_pm = net.f(p)
+    s_pm = net.node_f(j)(p)
     return s_pm[0], s_pm[1]
 
 
@@ -193,7 +202,7 @@ def _feedback_params(net: LayeredNet, params, k: int, config: DPConfig):
 def _update_layer(
     net: LayeredNet,
     params,
-    k: int,
+    j: int,
     sp: list,
     sm: list,
     t,
@@ -202,65 +211,81 @@ def _update_layer(
     dtype,
     damping=None,
 ) -> None:
-    """Re-solve layer k (1..L) in place from the current dyads of layers k-1 and k+1.
+    """Re-solve node j (1..N; a chain's layer k = 1..L) in place from the current dyads of its
+    parents (a_j = Σ W_k(s̄_i) over its in-edges) and children (fb_j = Σ J_kᵀ δ_c at s̄_j).
 
-    The output layer's nudge βg is taken at the current a_L for DP (2023) and held at the
+    The output layer's nudge βg is taken at the current a_N for DP (2023) and held at the
     forward prediction, βg(ŷ) = ``beta_g_hat``, for DP⊤ (its Lagrangian is linearised at ŷ);
-    the exact output is solved at the current a_L for both. ``damping``: the damped rule's
+    the exact output is solved at the current a_N for both. ``damping``: the damped rule's
     L_k per hidden layer k (a dict), or None.
     """
-    alpha, L = config.alpha, net.num_maps
-    s_bar_prev = alpha * sp[k - 1] + (1 - alpha) * sm[k - 1]
-    a = net.apply_map(k - 1, net.layer_params(params, k - 1), s_bar_prev, dtype)
-    if k == L:
+    alpha = config.alpha
+    bar = {i: alpha * sp[i] + (1 - alpha) * sm[i] for i in map(net.source, net.in_edges(j))}
+    a = net.pre_activation(params, j, bar, dtype)
+    if j == net.output_node:
         beta_g = _beta_g(a, t, config) if config.variant == "dp" else beta_g_hat
-        sp[k], sm[k] = _output_dyad(a, t, beta_g, config)
+        sp[j], sm[j] = _output_dyad(a, t, beta_g, config)
     else:
-        s_bar_k = alpha * sp[k] + (1 - alpha) * sm[k]
-        fb_params = _feedback_params(net, params, k, config)
-        fb = _map_vjp(net, k, fb_params, s_bar_k, sp[k + 1] - sm[k + 1], dtype)
+        s_bar_j = alpha * sp[j] + (1 - alpha) * sm[j]
+        fb = edge_sum([
+            _map_vjp(net, k, _feedback_params(net, params, k, config), s_bar_j,
+                     sp[net.target(k)] - sm[net.target(k)], dtype)
+            for k in net.out_edges(j)
+        ])  # fmt: skip
         if damping is None:
-            sp[k], sm[k] = _hidden_update(net, a, fb, config)
+            sp[j], sm[j] = _hidden_update(net, j, a, fb, config)
         else:
-            s_now = jnp.stack([sp[k], sm[k]])
-            sp[k], sm[k] = _hidden_update(net, a, fb, config, damping[k], s_now)
+            s_now = jnp.stack([sp[j], sm[j]])
+            sp[j], sm[j] = _hidden_update(net, j, a, fb, config, damping[j], s_now)
 
 
 def _infer(net: LayeredNet, params, x, y, config: DPConfig, damping=None):
-    """Dyads of every layer, the forward prediction ŷ and the target array t.
+    """Dyads of every node, the forward prediction ŷ and the target array t.
 
     ``damping``: the damped rule's L_k for each hidden layer k = 1..L-1 (a dict), or None.
     """
     _check_inputs(x, y)
     if _kolen_pollack(config):
+        net.require_chain("Kolen–Pollack DP")
         _check_feedback(net, params)
+    if damping is not None:
+        net.require_chain("damped DP")
     dtype = jnp.dtype(config.dtype)
-    L = net.num_maps
+    N = net.output_node
     # Forward pass: s⁺ = s⁻ = feedforward activity; keep each map's vjp for the sweep.
-    s, a, vjps = [x.astype(dtype)], [None], [None]
-    for k in range(L):
-        a_next, vjp = jax.vjp(
-            lambda s_, k=k: net.apply_map(k, net.layer_params(params, k), s_, dtype), s[k]
-        )
-        a.append(a_next)
-        vjps.append(vjp)
-        s.append(a_next if k == L - 1 else net.f(a_next))
-    y_hat = a[L]
+    s, a, vjps = [x.astype(dtype)], [None], {}
+    for j in range(1, N + 1):
+        terms = []
+        for k in net.in_edges(j):
+            a_k, vjps[k] = jax.vjp(
+                lambda s_, k=k: net.apply_map(k, net.layer_params(params, k), s_, dtype),
+                s[net.source(k)],
+            )
+            terms.append(a_k)
+        a.append(edge_sum(terms))
+        s.append(a[j] if j == N else net.node_f(j)(a[j]))
+    y_hat = a[N]
     t = targets_as_array(y_hat.astype(_wide(dtype)), y)
     beta_g_hat = _beta_g(y_hat, t, config)
     sp, sm = list(s), list(s)
-    sp[L], sm[L] = _output_dyad(y_hat, t, beta_g_hat, config)
-    # One top-down sweep, linearised at the forward activities (s̄_k = s_k before layer k moves).
-    for k in range(L - 1, 0, -1) if config.sweep else ():
-        d = sp[k + 1] - sm[k + 1]
-        if _kolen_pollack(config):  # map k with B_k, at the same point s_k
-            fb = _map_vjp(net, k, _feedback_params(net, params, k, config), s[k], d, dtype)
-        else:
-            fb = vjps[k + 1](d.astype(a[k + 1].dtype))[0]
+    sp[N], sm[N] = _output_dyad(y_hat, t, beta_g_hat, config)
+    # One sweep in reverse topological order, linearised at the forward activities (s̄_j = s_j
+    # before node j moves; every child of j has moved).
+    for j in range(N - 1, 0, -1) if config.sweep else ():
+        terms = []
+        for k in net.out_edges(j):
+            c = net.target(k)
+            d = sp[c] - sm[c]
+            if _kolen_pollack(config):  # map k with B_k, at the same point s_j
+                fb_params = _feedback_params(net, params, k, config)
+                terms.append(_map_vjp(net, k, fb_params, s[j], d, dtype))
+            else:
+                terms.append(vjps[k](d.astype(a[c].dtype))[0])
+        fb = edge_sum(terms)
         if damping is None:
-            sp[k], sm[k] = _hidden_update(net, a[k], fb, config)
-        else:  # both states are still the forward activity s_k
-            sp[k], sm[k] = _hidden_update(net, a[k], fb, config, damping[k], s[k])
+            sp[j], sm[j] = _hidden_update(net, j, a[j], fb, config)
+        else:  # both states are still the forward activity s_j
+            sp[j], sm[j] = _hidden_update(net, j, a[j], fb, config, damping[j], s[j])
 
     if config.passes:
         one_pass = _pass_fn(net, params, t, beta_g_hat, config, damping)
@@ -276,8 +301,9 @@ def _infer(net: LayeredNet, params, x, y, config: DPConfig, damping=None):
 
 def _pass_fn(net: LayeredNet, params, t, beta_g_hat, config: DPConfig, damping=None):
     """One extra inference pass of ``config.schedule``: ``(s⁺, s⁻) -> (s⁺, s⁻)``, tuples over
-    layers 0..L. ``"alternating"`` re-solves k = 1..L then L-1..1, ``"bottom_up"`` k = 1..L."""
-    L, dtype = net.num_maps, jnp.dtype(config.dtype)
+    nodes 0..N (a chain's layers 0..L). ``"alternating"`` re-solves j = 1..N then N-1..1,
+    ``"bottom_up"`` j = 1..N: topological order, and its reverse."""
+    L, dtype = net.output_node, jnp.dtype(config.dtype)
     if config.schedule == "alternating":
         order = [*range(1, L + 1), *range(L - 1, 0, -1)]
     else:  # bottom_up
@@ -355,15 +381,16 @@ def infer_dyads(
 
 
 def local_objective(net: LayeredNet, params, dyads: Dyads, config: DPConfig) -> jax.Array:
-    """J(θ) = (1/β) Σ_{k=1..L} ⟨-δ_k, W_{k-1}(θ, s̄_{k-1})⟩ / B with the dyads held fixed."""
+    """J(θ) = (1/β) Σ_k ⟨-δ_{k+1}, W_k(θ, s̄_k)⟩ / B with the dyads held fixed: a sum over
+    the maps, for a graph over its edges k = (i, j), ⟨-δ_j, W_k(θ, s̄_i)⟩."""
     dtype = jnp.dtype(config.dtype)
     dyads = jax.lax.stop_gradient(dyads)
     bar, d = s_bar(dyads, config.alpha), delta(dyads)
     batch = d[0].shape[0]
     J = 0.0
-    for k in range(1, net.num_maps + 1):
-        a_k = net.apply_map(k - 1, net.layer_params(params, k - 1), bar[k - 1], dtype)
-        J = J + jnp.vdot(-d[k], a_k).astype(_wide(dtype))
+    for k in range(net.num_maps):
+        a_k = net.apply_map(k, net.layer_params(params, k), bar[net.source(k)], dtype)
+        J = J + jnp.vdot(-d[net.target(k)], a_k).astype(_wide(dtype))
     return J / (config.beta * batch)
 
 
@@ -381,12 +408,12 @@ def _hebbian_grads(net: LayeredNet, params, dyads: Dyads, config: DPConfig):
 
     def maps(p):
         return tuple(
-            net.apply_map(k - 1, net.layer_params(p, k - 1), bar[k - 1], dtype)
-            for k in range(1, net.num_maps + 1)
+            net.apply_map(k, net.layer_params(p, k), bar[net.source(k)], dtype)
+            for k in range(net.num_maps)
         )
 
     a, vjp = jax.vjp(maps, params)
-    (grads,) = vjp(tuple(d_k.astype(a_k.dtype) for d_k, a_k in zip(d[1:], a, strict=True)))
+    (grads,) = vjp(tuple(d[net.target(k)].astype(a_k.dtype) for k, a_k in enumerate(a)))
     grads = jax.tree.map(lambda g: (scale * g).astype(g.dtype), grads)
     if _kolen_pollack(config):  # B_k learns by W_k's Hebbian gradient (the KP idea)
         layers = grads["layers"]
@@ -477,13 +504,14 @@ dual_activation.defvjp(_dual_fwd, _dual_bwd)
 def _fast_grad(net: LayeredNet, params, x, y, config: DPConfig):
     _check_inputs(x, y)
     dtype = jnp.dtype(config.dtype)
-    L, beta = net.num_maps, config.beta
+    N, beta = net.output_node, config.beta
 
     def summed_loss(p):
-        s = x
-        for k in range(L):
-            a = net.apply_map(k, net.layer_params(p, k), s, dtype)
-            s = a if k == L - 1 else dual_activation(net.f, beta, a)
+        states = [x]
+        for j in range(1, N + 1):
+            a = net.pre_activation(p, j, states, dtype)
+            states.append(a if j == N else dual_activation(net.node_f(j), beta, a))
+        s = states[-1]
         t = targets_as_array(s.astype(_wide(dtype)), y)
         # Sum, not mean: the dual activation's step must see per-example cotangents g.
         return jnp.sum(per_example_loss(config.loss, s.astype(t.dtype), t)), s
@@ -589,6 +617,7 @@ def init_damping(net: LayeredNet, params, config: DPConfig) -> DampingState:
     Raises ``ValueError`` where a conv map's input shape is unknown (a ``Network`` built by
     hand without ``input_shape``).
     """
+    net.require_chain("damped DP")
     dtype = _wide(jnp.dtype(config.dtype))
     shapes = net.map_input_shapes(params)
     vectors = {}
@@ -671,6 +700,7 @@ def init_feedback(net: LayeredNet, params, key: jax.Array):
     W_k, by the builders' initializer family (:func:`~dualprop_jax.models.kernel_initializer`:
     He normal for hidden maps, LeCun normal for the output map).
     """
+    net.require_chain("Kolen–Pollack DP")
     L = net.num_maps
     feedback_ = {}
     for k in range(1, L):

@@ -98,6 +98,7 @@ def _jit(*static: str):
 
 def _drive(net: LayeredNet, params, x: jax.Array, dtype) -> jax.Array:
     """W_0(x): the input's drive of layer 1, constant over every phase."""
+    net.require_chain("EP and CHL (a layered Hopfield energy)")
     return net.apply_map(0, net.layer_params(params, 0), x, dtype)
 
 
@@ -192,6 +193,7 @@ def _clamped(t) -> Output:
 
 def _forward_states(net: LayeredNet, params, x, dtype, sigma) -> States:
     """The feedforward pass with σ: s_k = σ(W_{k-1}(s_{k-1})) (k < L), s_L = W_{L-1}(s_{L-1})."""
+    net.require_chain("EP and CHL (a layered Hopfield energy)")
     wide, s, states = _wide(dtype), x, []
     for k in range(net.num_maps):
         a = net.apply_map(k, net.layer_params(params, k), s, dtype).astype(wide)

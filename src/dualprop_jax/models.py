@@ -19,6 +19,15 @@ finite β the dyad states differ: "unpooled" pools the mean, pool(α s⁺ + (1-�
 takes the mean of pooled states, α pool(s⁺) + (1-α) pool(s⁻); the two part where a pool
 window's maximum is not the same element in s⁺ and s⁻ (near ties).
 
+Beyond chains (:class:`Graph`): nodes j = 0..N in topological order (0 the input, N the
+output) carry states and an activation f_j (ReLU, or identity for a sum node); edges k = (i, j)
+carry the layer maps. A node's pre-activation is the sum over its in-edges,
+
+    a_j = Σ_{k=(i,j)} W_k(params_k, s_i),   s_j = f_j(a_j) (0 < j < N),   s_N = a_N,
+
+so residual networks (:func:`resnet`) are graphs whose skip edges are identities or 1x1
+projections. A chain is the graph with edges k = (k, k+1); ``graph=None`` means that chain.
+
 Why NNX: it is Flax's current recommendation, modules are ordinary Python objects a user can
 build and inspect in a notebook, and ``nnx.split`` yields a pure parameter pytree plus a static
 ``GraphDef`` — exactly what pure jitted functions need.
@@ -125,13 +134,145 @@ class Conv(nnx.Conv):
         return super().__call__(s)
 
 
+class Identity(nnx.Module):
+    """The identity map a = s: a skip connection, with no parameters."""
+
+    def __call__(self, s: jax.Array) -> jax.Array:
+        return s
+
+
+@dataclasses.dataclass(frozen=True)
+class Graph:
+    """The static structure of a DAG network: nodes 0..N in topological order, edges k = (i, j).
+
+    ``edges[k] = (i, j)``, with i < j, is the source and target of map k; ``activations[j]``
+    names f_j (a key of :data:`ACTIVATIONS`; nodes 0 and N have none, and read
+    ``"identity"``); ``names[j]`` is node j's name, for messages. Build one with
+    :meth:`from_edges` (named nodes in any order; the topological order is found once, there)
+    or :meth:`chain`. Hashable: part of the static :class:`LayeredNet`.
+    """
+
+    edges: tuple[tuple[int, int], ...]
+    activations: tuple[str, ...]
+    names: tuple[str, ...]
+    in_edges: tuple[tuple[int, ...], ...] = dataclasses.field(init=False, repr=False)
+    out_edges: tuple[tuple[int, ...], ...] = dataclasses.field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        n = len(self.activations)
+        if n < 2 or len(self.names) != n:
+            raise ValueError(
+                f"a Graph needs >= 2 nodes with one name and one activation each, got "
+                f"{n} activations and {len(self.names)} names."
+            )
+        for k, (i, j) in enumerate(self.edges):
+            if not 0 <= i < j < n:
+                raise ValueError(
+                    f"edge {k} = ({i}, {j}) does not go forward in the topological order of "
+                    f"nodes 0..{n - 1}; build the graph with Graph.from_edges, which orders it."
+                )
+        for j, f in enumerate(self.activations):
+            if f not in ACTIVATIONS:
+                raise ValueError(
+                    f"node {self.names[j]!r} has activation {f!r}; choose one of "
+                    f"{tuple(ACTIVATIONS)}."
+                )
+        ins = tuple(tuple(k for k, e in enumerate(self.edges) if e[1] == j) for j in range(n))
+        outs = tuple(tuple(k for k, e in enumerate(self.edges) if e[0] == j) for j in range(n))
+        dead = [self.names[j] for j in range(n - 1) if not outs[j]]
+        unfed = [self.names[j] for j in range(1, n) if not ins[j]]
+        if dead or unfed:
+            raise ValueError(
+                "every node but the output needs an out-edge and every node but the input an "
+                f"in-edge; without an out-edge: {dead}, without an in-edge: {unfed}."
+            )
+        object.__setattr__(self, "in_edges", ins)
+        object.__setattr__(self, "out_edges", outs)
+
+    @property
+    def output(self) -> int:
+        """N, the output node."""
+        return len(self.activations) - 1
+
+    @classmethod
+    def chain(cls, num_maps: int, activation: str = "relu") -> Graph:
+        """The chain 0 → 1 → ... → L with map k = (k, k+1) and f on the hidden layers."""
+        acts = ("identity", *(activation,) * (num_maps - 1), "identity")
+        return cls(tuple((k, k + 1) for k in range(num_maps)), acts,
+                   tuple(str(j) for j in range(num_maps + 1)))  # fmt: skip
+
+    @classmethod
+    def from_edges(
+        cls,
+        edges: Sequence[tuple[str, str]],
+        activations: dict[str, str],
+        input: str = "input",
+        output: str = "output",
+    ) -> Graph:
+        """A graph from named edges ``(source, target)`` (map k is ``edges[k]``) and the
+        activation of each hidden node (``activations[name]``). The nodes are numbered in a
+        topological order (Kahn's algorithm, ties broken by first appearance), once, here.
+
+        ``ValueError`` names the problem: an unknown node, a cycle, an input with in-edges, an
+        output with out-edges, a node that is unreachable or leads nowhere.
+        """
+        names = [input]
+        for e in edges:
+            if len(e) != 2:
+                raise ValueError(f"an edge is a pair (source, target) of node names, got {e!r}.")
+            names += [v for v in e if v not in names]
+        if output not in names:
+            raise ValueError(f"no edge reaches the output node {output!r}.")
+        hidden = [v for v in names if v not in (input, output)]
+        missing = [v for v in hidden if v not in activations]
+        extra = [v for v in activations if v not in hidden]
+        if missing or extra:
+            raise ValueError(
+                f"give an activation for each hidden node: missing for {missing}; "
+                f"{extra} are not hidden nodes of the edges."
+            )
+        if any(t == input for _, t in edges) or any(s_ == output for s_, _ in edges):
+            raise ValueError(
+                f"the input node {input!r} takes no in-edges and the output node {output!r} "
+                "gives no out-edges."
+            )
+        dead = [v for v in names if v != output and not any(s_ == v for s_, _ in edges)]
+        unfed = [v for v in names if v != input and not any(t == v for _, t in edges)]
+        if dead or unfed:
+            raise ValueError(
+                "every node but the output needs an out-edge and every node but the input an "
+                f"in-edge; without an out-edge: {dead}, without an in-edge: {unfed}."
+            )
+        order, indegree = [], {v: sum(t == v for _, t in edges) for v in names}
+        ready = [v for v in names if indegree[v] == 0]
+        while ready:
+            v = ready.pop(0)
+            order.append(v)
+            for s_, t in edges:
+                if s_ == v:
+                    indegree[t] -= 1
+                    if indegree[t] == 0:
+                        ready.append(t)
+        if len(order) < len(names):
+            raise ValueError(
+                f"the edges contain a cycle through {[v for v in names if v not in order]}; "
+                "a network graph must be acyclic."
+            )
+        index = {v: j for j, v in enumerate(order)}
+        acts = tuple("identity" if v in (input, output) else activations[v] for v in order)
+        return cls(tuple((index[s_], index[t]) for s_, t in edges), acts, tuple(order))
+
+
 class Network(nnx.Module):
-    """A layered network: ``layers`` are the maps W_0..W_{L-1}; f follows all but the last.
+    """A network of layer maps: a chain (``graph=None``: ``layers`` are the maps W_0..W_{L-1},
+    f follows all but the last) or a DAG (``graph``: ``layers[k]`` is the map of edge
+    ``graph.edges[k]``, node j applies ``graph.activations[j]``; see :class:`Graph`).
 
     ``input_shape`` is the shape of one input example (e.g. ``(28, 28, 1)``; ``(d_0,)`` for an
     MLP), or None where unknown. The builders (:func:`mlp`, :func:`conv_net`, :func:`cnn`,
-    :func:`vgg`...) set it; what needs the spatial shape of each map's input (the damped rule's
-    power iteration through conv maps) reads it from the :class:`LayeredNet` of :func:`split`.
+    :func:`vgg`, :func:`resnet`...) set it; what needs the spatial shape of each map's input
+    (the damped rule's power iteration through conv maps) reads it from the :class:`LayeredNet`
+    of :func:`split`. A graph whose ``input_shape`` is known has its edge shapes checked here.
     """
 
     def __init__(
@@ -139,6 +280,7 @@ class Network(nnx.Module):
         layers: Sequence[nnx.Module],
         activation: str = "relu",
         input_shape: Sequence[int] | None = None,
+        graph: Graph | None = None,
     ):
         if activation not in ACTIVATIONS:
             raise ValueError(
@@ -146,17 +288,62 @@ class Network(nnx.Module):
             )
         if not layers:
             raise ValueError("a Network needs at least one layer map.")
+        if graph is not None and len(graph.edges) != len(layers):
+            raise ValueError(
+                f"the graph has {len(graph.edges)} edges but {len(layers)} layer maps were "
+                "given: layers[k] is the map of graph.edges[k]."
+            )
         self.layers = nnx.List(list(layers))
         self.activation = activation
         self.input_shape = _shape_or_none(input_shape)
+        self.graph = graph
+        if graph is not None and self.input_shape is not None:
+            _check_graph_shapes(self.layers, graph, self.input_shape)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        f = ACTIVATIONS[self.activation]
-        s = x
-        for k, layer in enumerate(self.layers):
-            a = layer(s)
-            s = a if k == len(self.layers) - 1 else f(a)
-        return s
+        graph = self.graph or Graph.chain(len(self.layers), self.activation)
+        s = [x]
+        for j in range(1, graph.output + 1):
+            a = edge_sum([self.layers[k](s[graph.edges[k][0]]) for k in graph.in_edges[j]])
+            s.append(a if j == graph.output else ACTIVATIONS[graph.activations[j]](a))
+        return s[-1]
+
+
+def edge_sum(terms: Sequence[jax.Array]) -> jax.Array:
+    """Σ of a node's in-edge terms, left to right; a single term is returned as it is (so a
+    chain computes exactly what it computed before graphs existed)."""
+    total = terms[0]
+    for term in terms[1:]:
+        total = total + term
+    return total
+
+
+def _check_graph_shapes(layers, graph: Graph, input_shape: tuple[int, ...]) -> None:
+    """Each node's in-edges must give one shape: ``ValueError`` naming the node and edges."""
+    shapes = [jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)]
+    for j in range(1, graph.output + 1):
+        outs = {}
+        for k in graph.in_edges[j]:
+            i = graph.edges[k][0]
+            try:
+                outs[k] = jax.eval_shape(layers[k], shapes[i])
+            except Exception as err:
+                raise ValueError(
+                    f"edge {k} ({graph.names[i]} -> {graph.names[j]}, "
+                    f"{type(layers[k]).__name__}) cannot take node {graph.names[i]!r}'s state "
+                    f"of per-example shape {shapes[i].shape[1:]}: {str(err)[:200]}"
+                ) from None
+        if len({o.shape for o in outs.values()}) > 1:
+            detail = ", ".join(
+                f"edge {k} from {graph.names[graph.edges[k][0]]!r}: {o.shape[1:]}"
+                for k, o in outs.items()
+            )
+            raise ValueError(
+                f"node {graph.names[j]!r} sums in-edges of different shapes ({detail}); a skip "
+                "edge that changes the shape needs a projection (a 1x1 Conv, pooled where the "
+                "branch pools)."
+            )
+        shapes.append(next(iter(outs.values())))
 
 
 def _shape_or_none(shape: Sequence[int] | None) -> tuple[int, ...] | None:
@@ -181,20 +368,63 @@ class LayeredNet:
     graphdefs: tuple
     activation: str
     input_shape: tuple[int, ...] | None = None
+    graph: Graph | None = None
 
     @property
     def num_maps(self) -> int:
-        """L, the number of layer maps (the output layer is layer L)."""
+        """The number of layer maps (edges); for a chain also L, the output layer."""
         return len(self.graphdefs)
 
+    @property
+    def is_chain(self) -> bool:
+        """Whether the network is a chain (no :class:`Graph`)."""
+        return self.graph is None
+
+    @property
+    def output_node(self) -> int:
+        """N, the output node (layer L = :attr:`num_maps` for a chain)."""
+        return self.num_maps if self.graph is None else self.graph.output
+
+    def in_edges(self, j: int) -> tuple[int, ...]:
+        """The maps k whose target is node j (chain: map j-1)."""
+        return (j - 1,) if self.graph is None else self.graph.in_edges[j]
+
+    def out_edges(self, i: int) -> tuple[int, ...]:
+        """The maps k whose source is node i (chain: map i, none from the output)."""
+        if self.graph is None:
+            return (i,) if i < self.num_maps else ()
+        return self.graph.out_edges[i]
+
+    def source(self, k: int) -> int:
+        """The node map k reads (chain: layer k)."""
+        return k if self.graph is None else self.graph.edges[k][0]
+
+    def target(self, k: int) -> int:
+        """The node map k feeds (chain: layer k+1)."""
+        return k + 1 if self.graph is None else self.graph.edges[k][1]
+
     def f(self, a: jax.Array) -> jax.Array:
-        """The hidden activation f."""
+        """The hidden activation f (of a chain; a graph's nodes have :meth:`node_f`)."""
         return ACTIVATIONS[self.activation](a)
+
+    def node_f(self, j: int) -> Callable[[jax.Array], jax.Array]:
+        """f_j, the activation of hidden node j (a chain's f for every hidden layer)."""
+        return self.f if self.graph is None else ACTIVATIONS[self.graph.activations[j]]
+
+    def require_chain(self, what: str) -> None:
+        """``ValueError`` where the network is a graph: ``what`` is defined on chains only."""
+        if self.graph is not None:
+            raise ValueError(
+                f"{what} is defined for layered chains only, and this network is a graph "
+                "(residual/DAG). Use dual_prop (DP or DP⊤, plain or fast, any passes) or "
+                "backprop on it."
+            )
 
     @staticmethod
     def layer_params(params, k: int):
-        """params_k, the parameters of map k."""
-        return params["layers"][k]
+        """params_k, the parameters of map k (``{}`` for a map without any, an identity)."""
+        layers = params["layers"]
+        return layers.get(k, {}) if hasattr(layers, "get") else layers[k]
 
     def apply_map(self, k: int, params_k, s: jax.Array, dtype=None) -> jax.Array:
         """a_{k+1} = W_k(params_k, s), computed in ``dtype`` when given."""
@@ -220,8 +450,9 @@ class LayeredNet:
         A dense map's core reads ``(in_features,)`` (its flatten is an isometry); any other map
         reads layer k's state, 2x2-pooled where the map pools its input. The shapes follow
         ``input_shape`` through the maps (by ``jax.eval_shape``), so a conv map needs it:
-        ``ValueError`` where it is None.
+        ``ValueError`` where it is None, or where the network is a graph.
         """
+        self.require_chain("map_input_shapes (the damped rule's power iteration)")
         shapes: list[tuple[int, ...]] = []
         shape = self.input_shape  # of layer k's state, one example; None where unknown
         for k, graphdef in enumerate(self.graphdefs):
@@ -250,13 +481,20 @@ class LayeredNet:
                 shape = tuple(out.shape[1:])
         return tuple(shapes)
 
+    def pre_activation(self, params, j: int, states, dtype=None) -> jax.Array:
+        """a_j = Σ_{k into j} W_k(params_k, s_source(k)), from the node states ``states``."""
+        return edge_sum([
+            self.apply_map(k, self.layer_params(params, k), states[self.source(k)], dtype)
+            for k in self.in_edges(j)
+        ])  # fmt: skip
+
     def forward(self, params, x: jax.Array, dtype=None) -> jax.Array:
-        """The network output ŷ = a_L."""
-        s = x
-        for k in range(self.num_maps):
-            a = self.apply_map(k, self.layer_params(params, k), s, dtype)
-            s = a if k == self.num_maps - 1 else self.f(a)
-        return s
+        """The network output ŷ = a_N (a chain's a_L)."""
+        s = [x]
+        for j in range(1, self.output_node + 1):
+            a = self.pre_activation(params, j, s, dtype)
+            s.append(a if j == self.output_node else self.node_f(j)(a))
+        return s[-1]
 
 
 def split(model: Network) -> tuple[LayeredNet, dict]:
@@ -273,13 +511,13 @@ def split(model: Network) -> tuple[LayeredNet, dict]:
             )
         graphdefs.append(nnx.split(layer, nnx.Param)[0])
     params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
-    return LayeredNet(tuple(graphdefs), model.activation, model.input_shape), params
+    return LayeredNet(tuple(graphdefs), model.activation, model.input_shape, model.graph), params
 
 
 def merge(net: LayeredNet, params) -> Network:
     """Rebuild a :class:`Network` module holding ``params`` (e.g. after training)."""
     layers = [nnx.merge(g, LayeredNet.layer_params(params, k)) for k, g in enumerate(net.graphdefs)]
-    return Network(layers, net.activation, net.input_shape)
+    return Network(layers, net.activation, net.input_shape, net.graph)
 
 
 def kernel_initializer(k: int, num_maps: int):
