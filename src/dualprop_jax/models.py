@@ -666,3 +666,110 @@ def vgg11(**kwargs) -> Network:
 def vgg16(**kwargs) -> Network:
     """VGG16: 13 conv layers (64x2/128x2/256x3/512x3/512x3, a pool per stage), 4096-4096 dense."""
     return vgg(VGG16, **kwargs)
+
+
+# ------------------------------------------------------------------ residual networks (DAGs)
+
+RESNET_PRESETS: dict[str, dict] = {
+    "resnet8": dict(widths=(16, 32, 64), blocks=(1, 1, 1)),
+    "resnet20": dict(widths=(16, 32, 64), blocks=(3, 3, 3)),
+    "resnet18": dict(widths=(64, 128, 256, 512), blocks=(2, 2, 2, 2)),
+}
+"""The residual builders' stages: ResNet-8/20 are the CIFAR ResNets of He et al. (2016, §4.2:
+6n + 2 layers, n = 1, 3, with 16/32/64 channels); ResNet-18 their ImageNet stages (64-512
+channels, two blocks each) with a 3x3 stem, as usually trained on CIFAR."""
+
+
+def fixup_initializers(num_branches: int):
+    """Fixup initialisation (Zhang, Dauphin & Ma, "Fixup Initialization: Residual Learning
+    Without Normalization", ICLR 2019) for residual branches of m = 2 convolutions: the first
+    He normal scaled by num_branches^(-1/(2m-2)) = num_branches^(-1/2), the last zero, so that
+    every block starts as its skip connection and no normalisation layer is needed (Fixup's
+    scalar biases and multipliers are left out: they are not layer maps). Returns
+    ``(first_init, last_init)``."""
+    scale = 2.0 / float(num_branches)  # He's variance 2/fan_in, times (num_branches^(-1/2))²
+    first = nnx.initializers.variance_scaling(scale, "fan_in", "truncated_normal")
+    return first, nnx.initializers.zeros_init()
+
+
+def resnet(
+    widths: Sequence[int] = (16, 32, 64),
+    blocks: Sequence[int] = (1, 1, 1),
+    input_shape: Sequence[int] = (32, 32, 3),
+    num_classes: int = 10,
+    *,
+    stem: int | None = None,
+    activation: str = "relu",
+    rngs: nnx.Rngs,
+    param_dtype=jnp.float32,
+) -> Network:
+    """A residual network without BatchNorm, as a :class:`Graph` of layer maps.
+
+    A 3x3 conv stem (``stem`` channels, default ``widths[0]``), then for each stage s the
+    ``blocks[s]`` basic blocks of He et al. (2016), out = f(W₂ ⋆ f(W₁ ⋆ u) + skip(u)), with
+    ``widths[s]`` channels; every stage after the first halves the spatial size in its first
+    block: W₁ is a conv + 2x2 max-pool edge and the skip a 1x1 projection of the pooled input
+    (where the channels change without a pool, a 1x1 projection alone; otherwise the skip is
+    an identity edge). The head is a dense map of the flattened last state to ``num_classes``.
+    Nodes: ``stem``, ``s{s}b{b}.h`` (after W₁) and ``s{s}b{b}`` (the block's output), all with
+    f; the pre-activation of a block's output is the sum of its two in-edges.
+
+    Initialisation is Fixup's (:func:`fixup_initializers`): zero W₂, scaled He W₁, so each
+    block starts as its skip path; stem, projections and head as the chain builders
+    (:func:`kernel_initializer`).
+    """
+    if len(input_shape) != 3:
+        raise ValueError(f"resnet needs an image input shape (H, W, C), got {tuple(input_shape)}.")
+    widths, blocks = tuple(int(w) for w in widths), tuple(int(b) for b in blocks)
+    if not widths or len(widths) != len(blocks) or min(widths) < 1 or min(blocks) < 1:
+        raise ValueError(
+            f"resnet needs one positive width and block count per stage, got widths={widths}, "
+            f"blocks={blocks}."
+        )
+    h, w, c = (int(d) for d in input_shape)
+    if h >> (len(widths) - 1) < 1 or w >> (len(widths) - 1) < 1:
+        raise ValueError(
+            f"input {tuple(input_shape)} is too small for {len(widths)} stages (each after the "
+            "first halves it)."
+        )
+    first_init, last_init = fixup_initializers(sum(blocks))
+    kw = dict(rngs=rngs, param_dtype=param_dtype)
+    stem = widths[0] if stem is None else int(stem)
+    edges: list[tuple[str, str]] = [("input", "stem")]
+    maps: list[nnx.Module] = [Conv(c, stem, kernel_init=_HIDDEN_INIT, **kw)]
+    node, c = "stem", stem
+    for s, (width, count) in enumerate(zip(widths, blocks, strict=True)):
+        for b in range(count):
+            down = s > 0 and b == 0
+            name = f"s{s}b{b}"
+            edges += [(node, f"{name}.h"), (f"{name}.h", name), (node, name)]
+            maps += [
+                Conv(c, width, pool_output=down, kernel_init=first_init, **kw),
+                Conv(width, width, kernel_init=last_init, **kw),
+                Conv(c, width, kernel_size=1, pool_input=down, kernel_init=_OUTPUT_INIT, **kw)
+                if down or c != width
+                else Identity(),
+            ]
+            if down:
+                h, w = h // 2, w // 2
+            node, c = name, width
+    edges.append((node, "output"))
+    maps.append(Dense(h * w * c, num_classes, flatten=True, kernel_init=_OUTPUT_INIT, **kw))
+    hidden = {v for e in edges for v in e} - {"input", "output"}
+    graph = Graph.from_edges(edges, {v: activation for v in hidden})
+    return Network(maps, activation, input_shape=tuple(int(d) for d in input_shape), graph=graph)
+
+
+def resnet8(**kwargs) -> Network:
+    """ResNet-8 (He et al. 2016's CIFAR family, n = 1): 16/32/64 channels, one block each."""
+    return resnet(**RESNET_PRESETS["resnet8"], **kwargs)
+
+
+def resnet20(**kwargs) -> Network:
+    """ResNet-20 (He et al. 2016's CIFAR family, n = 3): 16/32/64 channels, three blocks each."""
+    return resnet(**RESNET_PRESETS["resnet20"], **kwargs)
+
+
+def resnet18(**kwargs) -> Network:
+    """ResNet-18-style: 64/128/256/512 channels, two basic blocks each, 3x3 stem."""
+    return resnet(**RESNET_PRESETS["resnet18"], **kwargs)

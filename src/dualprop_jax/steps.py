@@ -227,9 +227,11 @@ def build_model(
         input_shape=input_shape,
         num_classes=num_classes,
         activation=config.activation,
-        layout=config.layout,
         rngs=rngs,
     )
+    if config.model in models.RESNET_PRESETS:
+        return models.resnet(**models.RESNET_PRESETS[config.model], **kw)
+    kw["layout"] = config.layout
     if config.model == "cnn":
         return models.cnn(channels=config.channels, dense=config.dense, **kw)
     return models.vgg(models.VGG11 if config.model == "vgg11" else models.VGG16, **kw)

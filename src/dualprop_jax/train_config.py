@@ -13,7 +13,8 @@ from typing import Any
 
 from dualprop_jax import models, rules
 
-MODELS = ("mlp", "cnn", "vgg11", "vgg16")
+MODELS = ("mlp", "cnn", "vgg11", "vgg16", "resnet8", "resnet20", "resnet18")
+"""Chains (MLP, CNN, VGG) and residual networks (graphs; :func:`dualprop_jax.models.resnet`)."""
 OPTIMIZERS = ("adam", "sgd")
 LR_SCHEDULES = ("constant", "cosine")
 FEEDS = ("auto", "device", "host")  # see dualprop_jax.device_data.choose_feed
