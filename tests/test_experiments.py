@@ -23,9 +23,8 @@ def test_every_config_file_is_a_valid_train_config(path):
     assert not set(values) & FLAT_RULE_KEYS
 
 
-@pytest.mark.parametrize("setup", sorted(VGG_SETUPS))
-def test_vgg16_paper_setup_starts_on_generated_cifar_shaped_data(setup, tmp_path):
-    classes = VGG_SETUPS[setup]
+def _start_on_generated_data(setup, classes, tmp_path):
+    """Train ``setup`` for one epoch of 2 steps on generated CIFAR-shaped uint8 images."""
     rng = np.random.default_rng(0)
     npz = tmp_path / "tiny.npz"
     np.savez(
@@ -47,8 +46,26 @@ def test_vgg16_paper_setup_starts_on_generated_cifar_shaped_data(setup, tmp_path
         max_train=8,  # 8 of them train: 2 steps
     )
     cfg = train_config.TrainConfig.from_dict(values)
-    assert cfg.model == "vgg16" and cfg.augment
+    assert cfg.augment
     results = train.train_and_evaluate(cfg, tmp_path / "run")
     assert results["epochs"] == 1 and 0.0 <= results["test_accuracy"] <= 1.0
-    _, state, _ = checkpoints.load_checkpoint(tmp_path / "run")
+    assert np.isfinite(results["test_loss"])
+    return cfg, checkpoints.load_checkpoint(tmp_path / "run")[1]
+
+
+@pytest.mark.parametrize("setup", sorted(VGG_SETUPS))
+def test_vgg16_paper_setup_starts_on_generated_cifar_shaped_data(setup, tmp_path):
+    classes = VGG_SETUPS[setup]
+    cfg, state = _start_on_generated_data(setup, classes, tmp_path)
+    assert cfg.model == "vgg16"
     assert state["params"]["layers"][15]["kernel"].shape == (4096, classes)
+
+
+def test_resnet18_cifar10_setup_starts_on_generated_cifar_shaped_data(tmp_path):
+    """ResNet-18 (a graph: stem, 8 basic blocks, 3 projection skips, 5 identity skips) with
+    DP⊤ and the VGG16 setup's optimizer, schedule and augmentation."""
+    cfg, state = _start_on_generated_data("cifar10_resnet18", 10, tmp_path)
+    assert cfg.model == "resnet18" and cfg.rule.name == "dp_top"
+    layers = state["params"]["layers"]
+    assert len(layers) == 1 + 8 * 2 + 3 + 1  # stem, two convs per block, projections, head
+    assert layers[max(layers)]["kernel"].shape == (4 * 4 * 512, 10)

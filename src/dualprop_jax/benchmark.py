@@ -59,7 +59,8 @@ class ModelSpec:
     """A benchmark model: a builder ``(rngs) -> Network`` and the per-example input shape.
 
     ``layouts`` are the conv layouts (:data:`dualprop_jax.models.LAYOUTS`) the builder takes
-    as ``build(rngs, layout=...)``; empty for models without max-pooling.
+    as ``build(rngs, layout=...)``; empty for models without max-pooling. ``graph``: a
+    residual/DAG network, on which the chain-only rules (:func:`chain_only`) get no row.
     """
 
     build: Callable[..., models.Network]
@@ -67,6 +68,7 @@ class ModelSpec:
     description: str
     num_classes: int = 10
     layouts: tuple[str, ...] = ()
+    graph: bool = False
 
 
 MODELS: dict[str, ModelSpec] = {
@@ -93,7 +95,30 @@ MODELS: dict[str, ModelSpec] = {
     ),
 }
 
-DEFAULT_STEPS = {"mlp": 200, "cnn": 60, "vgg16": 20}
+MODELS |= {
+    "resnet8": ModelSpec(
+        lambda rngs: models.resnet8(input_shape=(28, 28, 1), rngs=rngs),
+        (28, 28, 1),
+        "ResNet-8 28x28x1: stem 16, blocks 16/32/64 (identity and 1x1 skips), no BatchNorm",
+        graph=True,
+    ),
+    "resnet18": ModelSpec(
+        lambda rngs: models.resnet18(input_shape=(32, 32, 3), rngs=rngs),
+        (32, 32, 3),
+        "ResNet-18 32x32x3: stem 64, 2 blocks each of 64/128/256/512, no BatchNorm",
+        graph=True,
+    ),
+}
+
+
+def chain_only(label: str) -> bool:
+    """Whether the rule of ``label`` is defined on layered chains only (EP, CHL, damped DP,
+    Kolen–Pollack DP): a graph model gets no row for it."""
+    name, *extras = label.split("+")
+    return name in ENERGY_RULES or bool({"damped", "kp"} & set(extras))
+
+
+DEFAULT_STEPS = {"mlp": 200, "cnn": 60, "vgg16": 20, "resnet8": 30, "resnet18": 5}
 MULTIPASS_STEPS = {"mlp": 30, "cnn": 10, "vgg16": 5}
 """Timed steps per row of :func:`bench_multipass` (each step runs ~K sweeps)."""
 BENCH_OPTIONS = dict(
@@ -110,6 +135,8 @@ BENCH_OPTIONS = dict(
 )
 """The settings every row of a benchmark shares, with their defaults."""
 CPU_VGG_BATCH = 8
+LARGE_MODELS = ("vgg16", "resnet18")
+"""Models timed at ``vgg_batch`` (:data:`CPU_VGG_BATCH` on CPU) with ``vgg_steps``."""
 
 
 def train_config(
@@ -231,13 +258,16 @@ def bench_model(
     nudged_steps: int = 20,
     energy_steps: int | None = None,
 ) -> list[dict]:
-    """Time the train step of each rule on one model; one row per rule.
+    """Time the train step of each rule on one model; one row per rule (on a graph model
+    none for the chain-only rules, :func:`chain_only`).
 
     EP / CHL rows (:data:`ENERGY_RULES`) are timed in a second group, interleaved with BP
     again, for ``energy_steps`` steps (default :data:`ENERGY_STEPS`, at most ``steps``) after
     one warm-up step.
     """
     _check_rules(rule_labels)
+    if spec.graph:
+        rule_labels = [label for label in rule_labels if not chain_only(label)]
     energy = [label for label in rule_labels if label.split("+")[0] in ENERGY_RULES]
     fast = [label for label in rule_labels if label not in energy]
 
@@ -532,7 +562,7 @@ def run_benchmark(
     notes, rows = [], []
     for name in model_names:
         b, n = batch, steps if steps is not None else DEFAULT_STEPS.get(name, 20)
-        if name == "vgg16":
+        if name in LARGE_MODELS:
             b = vgg_batch or (CPU_VGG_BATCH if backend == "cpu" else batch)
             n = vgg_steps or n
         if b != batch:

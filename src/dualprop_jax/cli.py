@@ -265,10 +265,18 @@ def _bench_parser(sub) -> None:
         "Time the jitted train step (gradient + optax update) of each rule on the same model "
         "and batch; print a table (and write JSON with --out).",
     )
-    p.add_argument("--models", default="mlp,cnn,vgg16", help="comma-separated; '' for none")
+    p.add_argument(
+        "--models",
+        default="mlp,cnn,vgg16",
+        help=f"comma-separated, of {', '.join(b.MODELS)}; '' for none",
+    )
     p.add_argument("--rules", default=",".join(b.RULES), help="rule labels, with bp")
     p.add_argument("--batch", type=int, default=128)
-    p.add_argument("--vgg-batch", type=int, help=f"default: --batch ({b.CPU_VGG_BATCH} on CPU)")
+    p.add_argument(
+        "--vgg-batch",
+        type=int,
+        help=f"batch of vgg16 and resnet18 (default: --batch; {b.CPU_VGG_BATCH} on CPU)",
+    )
     p.add_argument("--steps", type=int, help=f"timed steps per rule (default {b.DEFAULT_STEPS})")
     p.add_argument("--vgg-steps", type=int, default=None, help="timed VGG16 steps per rule")
     p.add_argument("--warmup", type=int, default=5, help="untimed steps per rule")
@@ -576,7 +584,7 @@ def _multipass_rows(benchmark, args: argparse.Namespace, result: dict) -> list[d
     rows = []
     for name in _names(args.models):
         batch = args.batch
-        if name == "vgg16":
+        if name in benchmark.LARGE_MODELS:
             cpu = result["backend"] == "cpu"
             batch = args.vgg_batch or (benchmark.CPU_VGG_BATCH if cpu else args.batch)
         steps = args.multipass_steps or benchmark.MULTIPASS_STEPS.get(name, 5)
