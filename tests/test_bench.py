@@ -77,6 +77,28 @@ def test_run_benchmark_reports_every_rule_on_the_same_model_and_batch():
             assert r["first_loss"] == pytest.approx(expected, rel=1e-5), r["rule"]
 
 
+TINY_RESNET = benchmark.ModelSpec(
+    lambda rngs: dp.resnet(widths=(4, 8), blocks=(1, 1), input_shape=(8, 8, 1), rngs=rngs),
+    (8, 8, 1),
+    "tiny ResNet",
+    graph=True,
+)
+
+
+def test_graph_models_get_rows_for_the_rules_defined_on_graphs_only():
+    result = benchmark.run_benchmark(
+        ["tiny_resnet"], batch=8, steps=2, warmup=1, specs={"tiny_resnet": TINY_RESNET}
+    )
+    on_graphs = [label for label in benchmark.RULES if not benchmark.chain_only(label)]
+    assert on_graphs == ["bp", "dp_top", "dp", "dp+fast"]
+    _check_schema(result, ["tiny_resnet"], on_graphs)
+    expected = _raw_loss(TINY_RESNET, 8)  # every row started from the same weights and batch
+    for r in result["rows"]:
+        assert r["first_loss"] == pytest.approx(expected, rel=1e-5), r["rule"]
+    assert set(benchmark.MODELS) >= {"resnet8", "resnet18"}
+    assert benchmark.MODELS["resnet8"].graph and benchmark.MODELS["resnet18"].graph
+
+
 def test_rule_configs():
     def rule(*args):
         return benchmark.train_config(*args).rule
@@ -188,7 +210,7 @@ def _op_counts(fn, net, params, x, y, cfg):
     return {op: len(re.findall(rf"\s{op}\(", hlo)) for op in ("dot", "convolution")}
 
 
-@pytest.mark.parametrize("kind", ["mlp", "cnn"])
+@pytest.mark.parametrize("kind", ["mlp", "cnn", "resnet"])
 def test_one_sweep_dp_compiles_to_the_matmuls_and_convolutions_of_bp(kind):
     """What the benchmark relies on: no recomputed forward pass survives in the compiled step.
 
@@ -198,8 +220,13 @@ def test_one_sweep_dp_compiles_to_the_matmuls_and_convolutions_of_bp(kind):
     if kind == "mlp":
         net, params = dp.split(dp.mlp((32, 64, 64, 10), rngs=nnx.Rngs(0)))
         x = jnp.ones((16, 32))
-    else:
+    elif kind == "cnn":
         net, params = dp.split(dp.cnn((8, 8, 2), channels=(4, 8), dense=(16,), rngs=nnx.Rngs(0)))
+        x = jnp.ones((16, 8, 8, 2))
+    else:  # a graph: nodes with two in-edges (the joins) and two out-edges (the forks)
+        net, params = dp.split(
+            dp.resnet(widths=(4, 8), blocks=(1, 1), input_shape=(8, 8, 2), rngs=nnx.Rngs(0))
+        )
         x = jnp.ones((16, 8, 8, 2))
     y = jnp.arange(16) % 10
     bp = _op_counts(dp.bp_grad, net, params, x, y, dp.DPConfig())

@@ -699,6 +699,7 @@ def resnet(
     num_classes: int = 10,
     *,
     stem: int | None = None,
+    downsample: str = "pool_conv",
     activation: str = "relu",
     rngs: nnx.Rngs,
     param_dtype=jnp.float32,
@@ -708,9 +709,13 @@ def resnet(
     A 3x3 conv stem (``stem`` channels, default ``widths[0]``), then for each stage s the
     ``blocks[s]`` basic blocks of He et al. (2016), out = f(W₂ ⋆ f(W₁ ⋆ u) + skip(u)), with
     ``widths[s]`` channels; every stage after the first halves the spatial size in its first
-    block: W₁ is a conv + 2x2 max-pool edge and the skip a 1x1 projection of the pooled input
-    (where the channels change without a pool, a 1x1 projection alone; otherwise the skip is
-    an identity edge). The head is a dense map of the flattened last state to ``num_classes``.
+    block: the skip is a 1x1 projection of the 2x2-max-pooled input, and W₁ with
+    ``downsample="pool_conv"`` (default) a 3x3 conv of the pooled input, which runs at the lower
+    resolution as the stride-2 conv of the original does; with ``"conv_pool"`` a conv at the
+    input's resolution followed by the pool (4x its cost, and its Hebbian update needs the
+    pool's argmax at s̄, one more conv than BP). Where the channels change without a pool the
+    skip is a 1x1 projection alone; otherwise it is an identity edge. The head is a dense map
+    of the flattened last state to ``num_classes``.
     Nodes: ``stem``, ``s{s}b{b}.h`` (after W₁) and ``s{s}b{b}`` (the block's output), all with
     f; the pre-activation of a block's output is the sum of its two in-edges.
 
@@ -732,6 +737,10 @@ def resnet(
             f"input {tuple(input_shape)} is too small for {len(widths)} stages (each after the "
             "first halves it)."
         )
+    if downsample not in ("pool_conv", "conv_pool"):
+        raise ValueError(
+            f"downsample={downsample!r} is unknown; choose 'pool_conv' or 'conv_pool'."
+        )
     first_init, last_init = fixup_initializers(sum(blocks))
     kw = dict(rngs=rngs, param_dtype=param_dtype)
     stem = widths[0] if stem is None else int(stem)
@@ -744,7 +753,14 @@ def resnet(
             name = f"s{s}b{b}"
             edges += [(node, f"{name}.h"), (f"{name}.h", name), (node, name)]
             maps += [
-                Conv(c, width, pool_output=down, kernel_init=first_init, **kw),
+                Conv(
+                    c,
+                    width,
+                    pool_input=down and downsample == "pool_conv",
+                    pool_output=down and downsample == "conv_pool",
+                    kernel_init=first_init,
+                    **kw,
+                ),
                 Conv(width, width, kernel_init=last_init, **kw),
                 Conv(c, width, kernel_size=1, pool_input=down, kernel_init=_OUTPUT_INIT, **kw)
                 if down or c != width
