@@ -359,10 +359,14 @@ def _shape_or_none(shape: Sequence[int] | None) -> tuple[int, ...] | None:
 class LayeredNet:
     """Static, hashable view of a :class:`Network` for pure jitted functions.
 
-    ``params`` (a pure dict ``{"layers": {k: {...}}}``, from :func:`split`) is passed
-    separately; ``apply_map(k, params_k, s)`` computes a_{k+1} = W_k(params_k, s).
-    ``input_shape``: the shape of one input example, or None where the network was built
-    without it (only the conv maps' power iteration needs it).
+    ``params`` (a pure dict ``{"layers": {k: {...}}}``, from :func:`split`; a map without
+    parameters, an identity skip, has no entry) is passed separately;
+    ``apply_map(k, params_k, s)`` computes map k's output W_k(params_k, s). ``graph``: the
+    :class:`Graph` of a DAG network, or None for a chain; the learning rule reads the structure
+    through :meth:`in_edges`, :meth:`out_edges`, :meth:`source`, :meth:`target`,
+    :meth:`node_f` and :attr:`output_node`, which describe a chain too. ``input_shape``: the
+    shape of one input example, or None where the network was built without it (only the conv
+    maps' power iteration needs it).
     """
 
     graphdefs: tuple
