@@ -14,7 +14,7 @@ Training: Fashion-MNIST (28x28x1), Adam (lr 1e-3), batch 100, ``--epochs`` over 
 rules the same initial weights and the same batch order (``dualprop_jax.train`` with
 ``TrainConfig(model="resnet8", seed=k)``). Each (rule, seed) run keeps its checkpoints in
 ``<out>/partial/<rule>-s<seed>/``, so an interrupted study resumes where it stopped (a finished
-run is read back, not retrained).
+run is read back, not retrained; one that finished with fewer epochs is extended).
 
 Columns: test accuracy on the 10 000 test images after the last epoch, per seed and as mean ±
 std over seeds; Δ vs BP: the rule's accuracy minus BP's on the same seed (a paired
@@ -41,13 +41,13 @@ class Settings:
     model: str = "resnet8"
     rules: tuple[str, ...] = ("bp", "dp_top")
     seeds: tuple[int, ...] = (0, 1, 2)
-    epochs: int = 1
+    epochs: int = 3
     train_images: int | None = None  # None: all 60 000
     batch_size: int = 100
     learning_rate: float = 1e-3
 
 
-QUICK = Settings(seeds=(0,), train_images=300)
+QUICK = Settings(seeds=(0,), epochs=1, train_images=300)
 
 
 def _config(s: Settings, rule: str, seed: int):
@@ -77,10 +77,10 @@ def _run(s: Settings, rule: str, seed: int, workdir: pathlib.Path, dataset) -> d
     from dualprop_jax import checkpoints, train
 
     done = workdir / "results.json"
-    if done.is_file():
+    if done.is_file() and json.loads(done.read_text())["epochs"] == s.epochs:
         common.progress(f"{rule} seed {seed}: finished before, read from {done}")
         return json.loads(done.read_text())
-    resume = checkpoints.latest_epoch(workdir) is not None
+    resume = checkpoints.latest_epoch(workdir) is not None  # partial, or fewer epochs: extend
     common.progress(f"{rule} seed {seed}: training{' (resumed)' if resume else ''}")
 
     def hook(event: str, info: dict) -> None:
@@ -173,7 +173,7 @@ def figure(results: dict):
 
 def main(argv=None) -> int:
     p = common.parser(STUDY, __doc__)
-    p.add_argument("--epochs", type=int, default=None, help="epochs per run (default 1)")
+    p.add_argument("--epochs", type=int, default=None, help="epochs per run (default 3)")
     p.add_argument(
         "--train-images", type=int, default=None, help="training images (default: all 60 000)"
     )
