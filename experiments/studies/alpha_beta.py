@@ -196,7 +196,7 @@ def run_group(args, out, data, diag_data, depth, widths, sched_name, schedule, v
         "runs": runs,
         "train_seconds": round(seconds, 1),
         "trained_with": {  # a resumed run reuses this group: say which code trained it
-            "git_commit": common._git("rev-parse", "--short=12", "HEAD"),
+            "git_commit": common.git("rev-parse", "--short=12", "HEAD"),
             "finished": time.strftime("%Y-%m-%d %H:%M"),
         },
     }

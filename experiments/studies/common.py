@@ -63,7 +63,7 @@ def out_dir(study: str, args: argparse.Namespace) -> pathlib.Path:
     return (ROOT / "runs" / "studies-quick" / study) if args.quick else RESULTS / study
 
 
-def _git(*cmd: str) -> str | None:
+def git(*cmd: str) -> str | None:
     try:
         out = subprocess.run(
             ["git", *cmd], cwd=ROOT, capture_output=True, text=True, timeout=10, check=True
@@ -94,8 +94,8 @@ class Provenance:
         self.started = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
 
     def finish(self) -> dict:
-        commit = _git("rev-parse", "--short=12", "HEAD")
-        dirty = _git("status", "--porcelain", "--untracked-files=no")
+        commit = git("rev-parse", "--short=12", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no")
         return {
             "study": self.study,
             "quick": self.quick,

@@ -177,15 +177,9 @@ class Graph:
                     f"node {self.names[j]!r} has activation {f!r}; choose one of "
                     f"{tuple(ACTIVATIONS)}."
                 )
+        _check_connected(range(n), self.edges, 0, n - 1, self.names)
         ins = tuple(tuple(k for k, e in enumerate(self.edges) if e[1] == j) for j in range(n))
         outs = tuple(tuple(k for k, e in enumerate(self.edges) if e[0] == j) for j in range(n))
-        dead = [self.names[j] for j in range(n - 1) if not outs[j]]
-        unfed = [self.names[j] for j in range(1, n) if not ins[j]]
-        if dead or unfed:
-            raise ValueError(
-                "every node but the output needs an out-edge and every node but the input an "
-                f"in-edge; without an out-edge: {dead}, without an in-edge: {unfed}."
-            )
         object.__setattr__(self, "in_edges", ins)
         object.__setattr__(self, "out_edges", outs)
 
@@ -236,13 +230,7 @@ class Graph:
                 f"the input node {input!r} takes no in-edges and the output node {output!r} "
                 "gives no out-edges."
             )
-        dead = [v for v in names if v != output and not any(s_ == v for s_, _ in edges)]
-        unfed = [v for v in names if v != input and not any(t == v for _, t in edges)]
-        if dead or unfed:
-            raise ValueError(
-                "every node but the output needs an out-edge and every node but the input an "
-                f"in-edge; without an out-edge: {dead}, without an in-edge: {unfed}."
-            )
+        _check_connected(names, edges, input, output)
         order, indegree = [], {v: sum(t == v for _, t in edges) for v in names}
         ready = [v for v in names if indegree[v] == 0]
         while ready:
@@ -261,6 +249,19 @@ class Graph:
         index = {v: j for j, v in enumerate(order)}
         acts = tuple("identity" if v in (input, output) else activations[v] for v in order)
         return cls(tuple((index[s_], index[t]) for s_, t in edges), acts, tuple(order))
+
+
+def _check_connected(nodes, edges, input, output, names=None) -> None:
+    """``ValueError`` naming every node but ``output`` without an out-edge and every node but
+    ``input`` without an in-edge (``names[v]`` in the message where given)."""
+    label = (lambda v: names[v]) if names is not None else (lambda v: v)
+    dead = [label(v) for v in nodes if v != output and not any(s == v for s, _ in edges)]
+    unfed = [label(v) for v in nodes if v != input and not any(t == v for _, t in edges)]
+    if dead or unfed:
+        raise ValueError(
+            "every node but the output needs an out-edge and every node but the input an "
+            f"in-edge; without an out-edge: {dead}, without an in-edge: {unfed}."
+        )
 
 
 class Network(nnx.Module):
