@@ -23,9 +23,9 @@ import sys
 import jax
 
 from dualprop_jax import rules
-from dualprop_jax.checkpoints import latest_epoch
-from dualprop_jax.train import train_and_evaluate
-from dualprop_jax.train_config import TrainConfig
+from dualprop_jax.training.checkpoints import latest_epoch
+from dualprop_jax.training.config import TrainConfig
+from dualprop_jax.training.train import train_and_evaluate
 
 HERE = pathlib.Path(__file__).resolve().parent
 # --override keys that are rule settings (alpha=0.3) rather than TrainConfig fields

@@ -7,7 +7,7 @@ Example (the command behind the BENCHMARKS.md row):
 Each device count runs in a fresh process with ``jax_num_cpu_devices`` set to it, so every run
 sees exactly that many CPU devices. A run builds what ``train_and_evaluate`` builds
 (``train.build_run``: mesh, model, optimizer, donated train step) and times its training loop,
-:func:`dualprop_jax.loop.train_epoch` (with ``feed="auto"``, which keeps this small set on
+:func:`dualprop_jax.training.loop.train_epoch` (with ``feed="auto"``, which keeps this small set on
 the devices: each step's batch is gathered there and split over them), on Fashion-MNIST
 batches of the setup's global batch size. After a warm-up epoch that compiles the programs
 and copies the set, each timing is one epoch of ``--steps`` steps (the subset's images
@@ -32,7 +32,7 @@ HERE = pathlib.Path(__file__).resolve().parent
 def setup_config(setup: str, rule: str, devices: int):
     """The setup's TrainConfig with rule ``rule`` (keeping the setup's settings it takes)."""
     from dualprop_jax import rules
-    from dualprop_jax.train_config import TrainConfig
+    from dualprop_jax.training.config import TrainConfig
 
     values = json.loads((HERE / "configs" / f"{setup}.json").read_text())
     given = values.pop("rule", {})
@@ -50,9 +50,10 @@ def measure(devices: int, setup: str, rule: str, steps: int, repeats: int) -> di
 
     import numpy as np
 
-    from dualprop_jax import data, train
-    from dualprop_jax.loop import train_epoch
-    from dualprop_jax.steps import TrainState
+    from dualprop_jax import data
+    from dualprop_jax.training import train
+    from dualprop_jax.training.loop import train_epoch
+    from dualprop_jax.training.steps import TrainState
 
     cfg = setup_config(setup, rule, devices)
     ds = data.load_dataset(cfg.dataset, max_train=20 * cfg.batch_size, seed=0)

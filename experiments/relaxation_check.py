@@ -21,8 +21,8 @@ from flax import nnx
 
 import dualprop_jax as dp
 from dualprop_jax import energy, rules
-from dualprop_jax.steps import build_model
-from dualprop_jax.train_config import TrainConfig
+from dualprop_jax.training.config import TrainConfig
+from dualprop_jax.training.steps import build_model
 
 HERE = pathlib.Path(__file__).resolve().parent
 

@@ -36,11 +36,11 @@ import sys
 import jax
 
 from dualprop_jax import rules
-from dualprop_jax.benchmark import device_description
-from dualprop_jax.checkpoints import latest_epoch
-from dualprop_jax.progress import describe_rule
-from dualprop_jax.train import train_and_evaluate
-from dualprop_jax.train_config import TrainConfig
+from dualprop_jax.training.benchmark import device_description
+from dualprop_jax.training.checkpoints import latest_epoch
+from dualprop_jax.training.config import TrainConfig
+from dualprop_jax.training.progress import describe_rule
+from dualprop_jax.training.train import train_and_evaluate
 
 HERE = pathlib.Path(__file__).resolve().parent
 SETUPS = HERE / "configs"

@@ -30,7 +30,7 @@ import optax
 from flax import nnx
 
 import dualprop_jax as dp
-from dualprop_jax import parallel
+from dualprop_jax.training import parallel
 
 DEVICES = 4
 PER_DEVICE = 2

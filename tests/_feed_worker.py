@@ -19,10 +19,12 @@ import jax
 import numpy as np
 from flax import nnx
 
-from dualprop_jax import data, device_data, models, parallel, rules
-from dualprop_jax.loop import train_epoch
-from dualprop_jax.steps import TrainState, make_optimizer, make_train_step
-from dualprop_jax.train_config import TrainConfig
+from dualprop_jax import data, models, rules
+from dualprop_jax.data import device as device_data
+from dualprop_jax.training import parallel
+from dualprop_jax.training.config import TrainConfig
+from dualprop_jax.training.loop import train_epoch
+from dualprop_jax.training.steps import TrainState, make_optimizer, make_train_step
 
 EPOCHS = 2
 LOG_EVERY = 4  # chunks of 1, 3, 4, 4, ... steps: several lengths in one epoch

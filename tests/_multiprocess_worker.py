@@ -30,9 +30,10 @@ import jax
 import numpy as np
 from flax import nnx
 
-from dualprop_jax import cli, data, distributed, models, parallel, rules, train
-from dualprop_jax.steps import TrainState, make_optimizer, make_train_step, rule_params
-from dualprop_jax.train_config import TrainConfig
+from dualprop_jax import cli, data, models, rules
+from dualprop_jax.training import distributed, parallel, train
+from dualprop_jax.training.config import TrainConfig
+from dualprop_jax.training.steps import TrainState, make_optimizer, make_train_step, rule_params
 
 CASES = {  # name: (model, rule)
     "mlp_dp_top": ("mlp", "dp_top"),

@@ -16,7 +16,8 @@ import pytest
 from flax import nnx
 
 import dualprop_jax as dp
-from dualprop_jax import benchmark, cli, rules
+from dualprop_jax import cli, rules
+from dualprop_jax.training import benchmark
 
 TINY = benchmark.ModelSpec(
     lambda rngs: dp.mlp((6, 8, 8, 4), rngs=rngs), (6,), "tiny MLP 6-8-8-4", num_classes=4
@@ -229,9 +230,9 @@ def test_one_sweep_dp_compiles_to_the_matmuls_and_convolutions_of_bp(kind):
         )
         x = jnp.ones((16, 8, 8, 2))
     y = jnp.arange(16) % 10
-    bp = _op_counts(dp.bp_grad, net, params, x, y, dp.DPConfig())
+    bp = _op_counts(dp.bp_grad, net, params, x, y, dp.rules.dual_prop())
     assert bp["dot"] > 0
-    for cfg in (dp.DPConfig(variant="dp_top"), dp.DPConfig(fast=True)):
+    for cfg in (dp.rules.dual_prop(variant="dp_top"), dp.rules.dual_prop(fast=True)):
         assert _op_counts(dp.contrastive_grad, net, params, x, y, cfg) == bp, cfg
 
 

@@ -20,8 +20,9 @@ import numpy as np
 import pytest
 
 import dualprop_jax as dp
-from dualprop_jax import checkpoints, cli, plots, progress, rules
-from dualprop_jax.train_config import TrainConfig
+from dualprop_jax import cli, rules
+from dualprop_jax.training import checkpoints, plots, progress
+from dualprop_jax.training.config import TrainConfig
 
 
 @pytest.fixture(scope="module")

@@ -10,52 +10,52 @@ import dualprop_jax as dp
 @pytest.mark.parametrize("alpha", [-0.1, 1.5, float("nan"), "0.5", True])
 def test_alpha_outside_unit_interval(alpha):
     with pytest.raises(ValueError, match=r"alpha=.*must be a real number in \[0, 1\]"):
-        dp.DPConfig(alpha=alpha)
+        dp.rules.dual_prop(alpha=alpha)
 
 
 @pytest.mark.parametrize("beta", [0.0, -1.0, float("inf"), float("nan")])
 def test_beta_not_positive_or_not_finite(beta):
     with pytest.raises(ValueError, match=r"beta=.*finite real number > 0"):
-        dp.DPConfig(beta=beta)
+        dp.rules.dual_prop(beta=beta)
 
 
 def test_unknown_variant():
     with pytest.raises(ValueError, match=r"variant='dpx'.*one of \('dp', 'dp_top'\)"):
-        dp.DPConfig(variant="dpx")
+        dp.rules.dual_prop(variant="dpx")
 
 
 def test_unknown_schedule():
     with pytest.raises(ValueError, match=r"schedule='zigzag'.*'alternating', 'bottom_up'"):
-        dp.DPConfig(schedule="zigzag")
+        dp.rules.dual_prop(schedule="zigzag")
 
 
 def test_unknown_loss():
     with pytest.raises(ValueError, match=r"loss='hinge'.*'softmax_ce', 'squared_error'"):
-        dp.DPConfig(loss="hinge")
+        dp.rules.dual_prop(loss="hinge")
 
 
 def test_negative_passes():
     with pytest.raises(ValueError, match=r"passes=-1.*non-negative integer"):
-        dp.DPConfig(passes=-1)
+        dp.rules.dual_prop(passes=-1)
 
 
 def test_non_integer_passes():
     with pytest.raises(ValueError, match=r"passes=1.5.*non-negative integer"):
-        dp.DPConfig(passes=1.5)
+        dp.rules.dual_prop(passes=1.5)
 
 
 def test_unknown_dtype():
     with pytest.raises(ValueError, match=r"dtype='float16'.*'float32'"):
-        dp.DPConfig(dtype="float16")
+        dp.rules.dual_prop(dtype="float16")
 
 
 def test_fast_path_needs_symmetric_alpha():
     with pytest.raises(ValueError, match=r"fast=True.*alpha == 0.5"):
-        dp.DPConfig(fast=True, alpha=0.3)
+        dp.rules.dual_prop(fast=True, alpha=0.3)
 
 
 def test_config_is_frozen_and_replace_revalidates():
-    cfg = dp.DPConfig()
+    cfg = dp.rules.dual_prop()
     with pytest.raises(AttributeError):
         cfg.beta = 1.0  # type: ignore[misc]
     with pytest.raises(ValueError, match="beta"):
@@ -77,7 +77,7 @@ def test_targets_with_wrong_class_count(small_net, fn):
         match=r"targets of shape \(3, 7\) do not fit the model output "
         r"of shape \(3, 4\)",
     ):
-        fn(net, params, x, y, dp.DPConfig())
+        fn(net, params, x, y, dp.rules.dual_prop())
 
 
 def test_integer_targets_with_wrong_shape(small_net):
@@ -86,14 +86,14 @@ def test_integer_targets_with_wrong_shape(small_net):
         ValueError, match=r"labels of shape \(batch,\) = \(3,\), got shape \(3, 1\)"
     ):
         dp.contrastive_grad(
-            net, params, jnp.ones((3, 6)), jnp.zeros((3, 1), jnp.int32), dp.DPConfig()
+            net, params, jnp.ones((3, 6)), jnp.zeros((3, 1), jnp.int32), dp.rules.dual_prop()
         )
 
 
 def test_targets_with_wrong_batch(small_net):
     net, params = small_net
     with pytest.raises(ValueError, match=r"leading \(batch\) sizes must be equal"):
-        dp.infer_dyads(net, params, jnp.ones((3, 6)), jnp.zeros((2,), jnp.int32), dp.DPConfig())
+        dp.infer_dyads(net, params, jnp.ones((3, 6)), jnp.zeros((2,), jnp.int32), dp.rules.dual_prop())
 
 
 def test_unknown_activation():

@@ -59,7 +59,7 @@ def test_contrastive_gradient_tends_to_bp(
         model, x_shape = _model(kind, jnp.float64)
         net, params = dp.split(model)
         x, y = _data(x_shape, jnp.float64)
-        cfg = dp.DPConfig(
+        cfg = dp.rules.dual_prop(
             variant=variant,
             alpha=alpha,
             beta=beta,
@@ -98,7 +98,7 @@ def test_gradient_error_is_second_order_in_beta_at_half_and_first_order_otherwis
         x, y = _data((6, 20), jnp.float64)
 
         def err(alpha, beta):
-            cfg = dp.DPConfig(variant="dp", alpha=alpha, beta=beta, dtype="float64")
+            cfg = dp.rules.dual_prop(variant="dp", alpha=alpha, beta=beta, dtype="float64")
             g, _ = dp.contrastive_grad(net, params, x, y, cfg)
             g_bp, _ = dp.bp_grad(net, params, x, y, cfg)
             sq = jax.tree.map(lambda a, b: jnp.sum((a - b) ** 2), g, g_bp)
@@ -173,7 +173,7 @@ def test_dyads_equal_closed_form_dense(variant, passes, schedule):
         x = rng.normal(size=(7, 4))
         y = rng.integers(0, 3, size=7)
         alpha, beta = 0.2, 0.3  # asymmetric α and a large β: DP and DP⊤ differ visibly
-        cfg = dp.DPConfig(
+        cfg = dp.rules.dual_prop(
             variant=variant,
             alpha=alpha,
             beta=beta,
@@ -213,7 +213,7 @@ def test_dp_and_dp_top_differ_for_asymmetric_alpha_and_coincide_at_half():
 
     def dyads(variant, alpha):
         return dp.infer_dyads(
-            net, params, x, y, dp.DPConfig(variant=variant, alpha=alpha, beta=0.5)
+            net, params, x, y, dp.rules.dual_prop(variant=variant, alpha=alpha, beta=0.5)
         )
 
     a, b = dyads("dp", 0.2), dyads("dp_top", 0.2)
@@ -298,9 +298,9 @@ def test_jit_and_no_jit_agree_including_extra_passes():
     x = jax.random.normal(jax.random.key(0), (4, 8, 8, 1))
     y = jnp.array([0, 1, 2, 1])
     for cfg in (
-        dp.DPConfig(),
-        dp.DPConfig(variant="dp", alpha=0.3, passes=2),
-        dp.DPConfig(passes=2, schedule="bottom_up"),
+        dp.rules.dual_prop(),
+        dp.rules.dual_prop(variant="dp", alpha=0.3, passes=2),
+        dp.rules.dual_prop(passes=2, schedule="bottom_up"),
     ):
         g_jit, aux_jit = dp.contrastive_grad(net, params, x, y, cfg)
         with jax.disable_jit():
@@ -315,7 +315,7 @@ def test_second_call_with_new_data_does_not_retrace():
     opt = optax.sgd(0.1)
 
     def step(params, opt_state, x, y):
-        g, aux = dp.contrastive_grad(net, params, x, y, dp.DPConfig(passes=1))
+        g, aux = dp.contrastive_grad(net, params, x, y, dp.rules.dual_prop(passes=1))
         updates, opt_state = opt.update(g, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, aux.loss
 
@@ -328,9 +328,9 @@ def test_second_call_with_new_data_does_not_retrace():
     # the library's own jitted function: an equal (new) config and new data hit the cache
     x = jax.random.normal(jax.random.key(5), (4, 10))
     y = jnp.array([0, 1, 2, 0])
-    dp.contrastive_grad(net, params, x, y, dp.DPConfig(beta=0.02))
+    dp.contrastive_grad(net, params, x, y, dp.rules.dual_prop(beta=0.02))
     size = dp.contrastive_grad._cache_size()
-    dp.contrastive_grad(net, params, x + 1, (y + 1) % 3, dp.DPConfig(beta=0.02))
+    dp.contrastive_grad(net, params, x + 1, (y + 1) % 3, dp.rules.dual_prop(beta=0.02))
     assert dp.contrastive_grad._cache_size() == size
 
 
@@ -343,7 +343,7 @@ def test_optax_sgd_with_dp_top_halves_the_loss_of_an_mlp_on_a_fixed_batch(fmnist
     x = (x - x.mean()) / x.std()
     y = jnp.asarray(ytr[:256])
     net, params = dp.split(dp.mlp((784, 128, 10), rngs=nnx.Rngs(0)))
-    cfg = dp.DPConfig(variant="dp_top", alpha=0.5, beta=0.01)
+    cfg = dp.rules.dual_prop(variant="dp_top", alpha=0.5, beta=0.01)
     opt = optax.sgd(0.05)
     opt_state = opt.init(params)
 
@@ -368,7 +368,7 @@ def test_contrastive_grad_is_the_gradient_of_the_local_objective_at_fixed_dyads(
         model, x_shape = _model(kind, jnp.float64)
         net, params = dp.split(model)
         x, y = _data(x_shape, jnp.float64)
-        cfg = dp.DPConfig(variant=variant, alpha=0.3, beta=0.05, dtype="float64", passes=1)
+        cfg = dp.rules.dual_prop(variant=variant, alpha=0.3, beta=0.05, dtype="float64", passes=1)
         dyads = dp.infer_dyads(net, params, x, y, cfg)
         want = jax.grad(dp.local_objective, argnums=1)(net, params, dyads, cfg)
         got, _ = dp.contrastive_grad(net, params, x, y, cfg)
@@ -381,7 +381,7 @@ def test_dense_contrastive_grad_is_the_hebbian_outer_product():
         model, x_shape = _model("mlp", jnp.float64)
         net, params = dp.split(model)
         x, y = _data(x_shape, jnp.float64)
-        cfg = dp.DPConfig(variant="dp_top", alpha=0.7, beta=0.02, dtype="float64")
+        cfg = dp.rules.dual_prop(variant="dp_top", alpha=0.7, beta=0.02, dtype="float64")
         dyads = dp.infer_dyads(net, params, x, y, cfg)
         got, _ = dp.contrastive_grad(net, params, x, y, cfg)
         sp = [np.asarray(v) for v in dyads.s_plus]

@@ -1,5 +1,5 @@
 """Tests for dualprop_jax.data (IDX/npz loading, lookup order, splits) and the batching and
-augmentation of dualprop_jax.input_pipeline."""
+augmentation of dualprop_jax.data.pipeline."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pytest
 
 from dualprop_jax import data
 from dualprop_jax.data import DataError, Dataset, StandardisedImages, load_dataset, read_idx
-from dualprop_jax.input_pipeline import (
+from dualprop_jax.data.pipeline import (
     augment_batch,
     batches,
     check_batch_size,
@@ -232,8 +232,8 @@ def test_standardised_images_behave_like_the_float32_array():
 
 def test_training_never_materialises_a_uint8_split(tmp_path, monkeypatch):
     """train_and_evaluate (loop.train_epoch and steps.evaluate) only takes batches."""
-    from dualprop_jax import train
-    from dualprop_jax.train_config import TrainConfig
+    from dualprop_jax.training import train
+    from dualprop_jax.training.config import TrainConfig
 
     rng = np.random.default_rng(0)
     path = save_npz(

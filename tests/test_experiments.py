@@ -6,7 +6,9 @@ import pathlib
 import numpy as np
 import pytest
 
-from dualprop_jax import checkpoints, rules, train, train_config
+from dualprop_jax import rules
+from dualprop_jax.training import checkpoints, train
+from dualprop_jax.training import config as train_config
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "experiments" / "configs"
 VGG_SETUPS = {"cifar10_vgg16": 10, "cifar100_vgg16": 100, "imagenet32_vgg16": 1000}

@@ -10,8 +10,8 @@ from flax import nnx
 
 import dualprop_jax as dp
 from dualprop_jax import rules
-from dualprop_jax.parallel import make_mesh
-from dualprop_jax.steps import TrainState, make_train_step
+from dualprop_jax.training.parallel import make_mesh
+from dualprop_jax.training.steps import TrainState, make_train_step
 
 # ---------------------------------------------------------------- the fast path
 
@@ -46,7 +46,7 @@ def test_fast_path_agrees_with_the_explicit_dyad_sweep_to_second_order_in_beta()
         net, params, x, y = _tanh_mlp()
 
         def err(beta):
-            sweep = dp.DPConfig(variant="dp_top", alpha=0.5, beta=beta, passes=0, dtype="float64")
+            sweep = dp.rules.dual_prop(variant="dp_top", alpha=0.5, beta=beta, passes=0, dtype="float64")
             g_sweep, _ = dp.contrastive_grad(net, params, x, y, sweep)
             g_fast, _ = dp.fast_grad(net, params, x, y, sweep)
             return _dist(g_fast, g_sweep) / _dist(g_sweep, jax.tree.map(jnp.zeros_like, g_sweep))
@@ -59,7 +59,7 @@ def test_fast_path_agrees_with_the_explicit_dyad_sweep_to_second_order_in_beta()
 def test_fast_config_switch_reaches_the_fast_path_and_reports_the_bp_loss():
     with jax.enable_x64(True):
         net, params, x, y = _tanh_mlp()
-        cfg = dp.DPConfig(beta=0.05, fast=True, dtype="float64")
+        cfg = dp.rules.dual_prop(beta=0.05, fast=True, dtype="float64")
         g_cfg, aux = dp.contrastive_grad(net, params, x, y, cfg)
         g_fast, _ = dp.fast_grad(net, params, x, y, cfg)
         chex.assert_trees_all_close(g_cfg, g_fast, rtol=1e-13, atol=1e-15)
@@ -71,7 +71,7 @@ def test_fast_config_switch_reaches_the_fast_path_and_reports_the_bp_loss():
 def test_fast_path_tends_to_bp_as_beta_shrinks():
     with jax.enable_x64(True):
         net, params, x, y = _tanh_mlp()
-        cfg = dp.DPConfig(beta=1e-4, fast=True, dtype="float64")
+        cfg = dp.rules.dual_prop(beta=1e-4, fast=True, dtype="float64")
         g_fast, _ = dp.fast_grad(net, params, x, y, cfg)
         g_bp, _ = dp.bp_grad(net, params, x, y, cfg)
         for name, c in dp.alignment(g_fast, g_bp)["cosine"].items():
@@ -101,8 +101,8 @@ def _nets():
 def test_bf16_dp_top_gradient_stays_aligned_with_float32_bp(fmnist_batch, kind, fast):
     x, y = fmnist_batch
     net, params = dp.split(_nets()[kind])
-    g_bp32, aux_bp32 = dp.bp_grad(net, params, x, y, dp.DPConfig())
-    cfg = dp.DPConfig(variant="dp_top", alpha=0.5, beta=0.01, dtype="bfloat16", fast=fast)
+    g_bp32, aux_bp32 = dp.bp_grad(net, params, x, y, dp.rules.dual_prop())
+    cfg = dp.rules.dual_prop(variant="dp_top", alpha=0.5, beta=0.01, dtype="bfloat16", fast=fast)
     g16, aux16 = dp.contrastive_grad(net, params, x, y, cfg)
     # parameters stay float32: the gradient tree is float32, the loss is computed in float32
     assert all(g.dtype == jnp.float32 for g in jax.tree.leaves(g16))
@@ -121,7 +121,7 @@ def test_bf16_train_step_keeps_params_grads_and_optimizer_state_float32(fmnist_b
     net, params = dp.split(_nets()["mlp"])
     opt = optax.sgd(0.05, momentum=0.9)
     mesh = make_mesh(1)
-    cfg = dp.DPConfig(beta=0.01, dtype="bfloat16")
+    cfg = dp.rules.dual_prop(beta=0.01, dtype="bfloat16")
     for rule in (rules.dual_prop(beta=0.01, dtype="bfloat16"), rules.backprop(dtype="bfloat16")):
         step = make_train_step(net, rule, opt, mesh=mesh, donate=False)
         state = TrainState.create(net, params, rule, opt, mesh)

@@ -21,12 +21,14 @@ import jax
 import numpy as np
 import pytest
 
-from dualprop_jax import checkpoints, cli, device_data, parallel, rules, train
+from dualprop_jax import cli, rules
+from dualprop_jax.data import device as device_data
 from dualprop_jax.errors import DataError
-from dualprop_jax.loop import train_epoch
-from dualprop_jax.progress import ConsoleProgress
-from dualprop_jax.steps import TrainState, TrainStep, make_train_step
-from dualprop_jax.train_config import TrainConfig
+from dualprop_jax.training import checkpoints, parallel, train
+from dualprop_jax.training.config import TrainConfig
+from dualprop_jax.training.loop import train_epoch
+from dualprop_jax.training.progress import ConsoleProgress
+from dualprop_jax.training.steps import TrainState, TrainStep, make_train_step
 
 # Both feeds run the same jitted step on bit-identical batches (same order, same float32
 # standardisation, same keys); only the program around the step differs (a while loop on the

@@ -22,9 +22,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from dualprop_jax import checkpoints, distributed, models, parallel, train
-from dualprop_jax.steps import build_model
-from dualprop_jax.train_config import TrainConfig
+from dualprop_jax import models
+from dualprop_jax.training import checkpoints, distributed, parallel, train
+from dualprop_jax.training.config import TrainConfig
+from dualprop_jax.training.steps import build_model
 
 WORKER = pathlib.Path(worker.__file__)
 TIMEOUT_S = 240
@@ -334,7 +335,7 @@ def test_lost_process_message_says_what_stopped_and_how_to_resume(tmp_path, monk
 
 _DYING = """
 import os, pathlib, sys, jax
-from dualprop_jax import distributed
+from dualprop_jax.training import distributed
 distributed._run.update(
     process_id=0, num_processes=2, coordinator="127.0.0.1:1", heartbeat_timeout_s=30,
     workdir=pathlib.Path(sys.argv[2]), resume="--resume",

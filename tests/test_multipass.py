@@ -357,7 +357,7 @@ def _sgd(rule, net, opt, p, s, x, y):
 
 def test_command_line_names_the_layout_and_the_published_schedule():
     from dualprop_jax import cli
-    from dualprop_jax.steps import build_model
+    from dualprop_jax.training.steps import build_model
 
     argv = ["train", "--model", "cnn", "--layout", "pooled", "--schedule", "bottom_up"]
     argv += ["--passes", "15", "--no-sweep", "--unroll", "5"]

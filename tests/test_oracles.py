@@ -18,8 +18,9 @@ from _workers import run_cpu_worker
 from flax import nnx
 
 import dualprop_jax as dp
-from dualprop_jax import rules, steps
-from dualprop_jax.train_config import TrainConfig
+from dualprop_jax import rules
+from dualprop_jax.training import steps
+from dualprop_jax.training.config import TrainConfig
 
 HERE = pathlib.Path(__file__).parent
 

@@ -15,9 +15,10 @@ import pytest
 from flax import nnx
 
 import dualprop_jax as dp
-from dualprop_jax import checkpoints, cli, rules, steps
+from dualprop_jax import cli, rules
 from dualprop_jax.data import load_dataset
 from dualprop_jax.losses import per_example_loss
+from dualprop_jax.training import checkpoints, steps
 
 COMMON = ["--max-train", "3000", "--widths", "64", "--epochs", "2", "--batch-size", "50"]
 

@@ -16,7 +16,7 @@ sys.path.insert(0, str(STUDIES))
 import common  # noqa: E402
 import passes  # noqa: E402
 
-from dualprop_jax.steps import TrainState, make_train_step  # noqa: E402
+from dualprop_jax.training.steps import TrainState, make_train_step  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,9 @@ import optax
 import pytest
 from flax import nnx
 
-from dualprop_jax import dyads, models, rules, sweep
-from dualprop_jax.steps import TrainState, make_train_step
+from dualprop_jax import dyads, models, rules
+from dualprop_jax.training import sweep
+from dualprop_jax.training.steps import TrainState, make_train_step
 
 WIDTHS = (20, 16, 12, 5)
 N, BATCH = 60, 20

@@ -15,10 +15,11 @@ import pytest
 from flax import nnx
 
 import dualprop_jax as dp
-from dualprop_jax import checkpoints, cli, parallel, rules, steps, train
+from dualprop_jax import cli, rules
 from dualprop_jax.data import load_dataset
 from dualprop_jax.errors import DivergenceError
-from dualprop_jax.train_config import TrainConfig
+from dualprop_jax.training import checkpoints, parallel, steps, train
+from dualprop_jax.training.config import TrainConfig
 
 
 @pytest.fixture(scope="module")
@@ -343,7 +344,7 @@ def test_divergence_stops_with_a_clear_message_and_keeps_the_last_good_checkpoin
     """A NaN image that epoch 1 skips (the remainder is dropped) but epoch 2 uses."""
     import dataclasses
 
-    from dualprop_jax.input_pipeline import epoch_batches
+    from dualprop_jax.data.pipeline import epoch_batches
 
     ds = load_dataset("fashion_mnist", max_train=530, seed=0)
     cfg = TrainConfig(widths=(16,), epochs=3, batch_size=100, seed=0)

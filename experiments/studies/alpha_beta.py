@@ -13,7 +13,8 @@ forward state with the output nudged, then 15 bottom-up passes), on two depths: 
 Training: Adam (lr 1e-3), batch 100, a fixed budget of ``--train-images`` (a seeded random
 subset of the training set) × ``--epochs``, the same batches in the same order for every cell;
 all cells of one (depth, schedule, variant) train together in one vmapped program
-(:mod:`dualprop_jax.sweep`). Cell (α, β, seed k) starts from the same weights as every other
+(:mod:`~dualprop_jax.training.sweep`).
+Cell (α, β, seed k) starts from the same weights as every other
 cell of seed k. Reported per cell: test accuracy (10 000 test images) after the budget, mean
 over seeds; how many seeds diverged (a non-finite training loss) and at which step/epoch.
 
@@ -45,7 +46,8 @@ import numpy as np
 import optax
 from flax import nnx
 
-from dualprop_jax import dyads, models, rules, sweep
+from dualprop_jax import dyads, models, rules
+from dualprop_jax.training import sweep
 
 STUDY = "alpha_beta"
 ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)

@@ -22,7 +22,7 @@ Model and training: the Fashion-MNIST MLP 784-512-512-10 of the 2024 paper, Adam
 batch 100, one epoch over a seeded 20 000-image subset of the training set (200 steps), 3
 seeds; every cell sees the same batches in the same order, and seed k starts every rule from
 the same weights. The cells of one compiled program (a variant × schedule × passes: both DP⊤
-rules and all seeds) train together, vmapped (:mod:`dualprop_jax.sweep`); passes ≥ 1 run in
+rules and all seeds) train together, vmapped (:mod:`dualprop_jax.training.sweep`); passes ≥ 1 run in
 a rolled ``lax.fori_loop`` (``unroll=1``). BP trains the same way as a reference row.
 
 Columns:
@@ -58,8 +58,9 @@ import numpy as np
 import optax
 from flax import nnx
 
-from dualprop_jax import dyads, models, rules, sweep
-from dualprop_jax.steps import TrainState, make_train_step
+from dualprop_jax import dyads, models, rules
+from dualprop_jax.training import sweep
+from dualprop_jax.training.steps import TrainState, make_train_step
 
 STUDY = "passes"
 BETA = 0.1

@@ -11,7 +11,7 @@ BP, from the same initial weights, on the same batches, with the same optimizer.
 
 Training: Fashion-MNIST (28x28x1), Adam (lr 1e-3), batch 100, ``--epochs`` over the
 ``--train-images`` (default: all 60 000, no validation split), seeds 0, 1, 2: seed k gives both
-rules the same initial weights and the same batch order (``dualprop_jax.train`` with
+rules the same initial weights and the same batch order (``dualprop_jax.training.train`` with
 ``TrainConfig(model="resnet8", seed=k)``). Each (rule, seed) run keeps its checkpoints in
 ``<out>/partial/<rule>-s<seed>/``, so an interrupted study resumes where it stopped (a finished
 run is read back, not retrained; one that finished with fewer epochs is extended).
@@ -52,7 +52,7 @@ QUICK = Settings(seeds=(0,), epochs=1, train_images=300)
 
 def _config(s: Settings, rule: str, seed: int):
     from dualprop_jax import rules
-    from dualprop_jax.train_config import TrainConfig
+    from dualprop_jax.training.config import TrainConfig
 
     rule_value = rules.backprop() if rule == "bp" else rules.dual_prop(rule, alpha=0.5, beta=0.01)
     return TrainConfig(
@@ -74,7 +74,7 @@ def _run(s: Settings, rule: str, seed: int, workdir: pathlib.Path, dataset) -> d
     """Train one (rule, seed), or read it back when it finished before; resume a partial run."""
     import json
 
-    from dualprop_jax import checkpoints, train
+    from dualprop_jax.training import checkpoints, train
 
     done = workdir / "results.json"
     if done.is_file() and json.loads(done.read_text())["epochs"] == s.epochs:

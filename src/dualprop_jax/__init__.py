@@ -14,9 +14,8 @@ propagation and contrastive Hebbian learning (:mod:`dualprop_jax.energy`).
 """
 
 from dualprop_jax import energy, rules
-from dualprop_jax.checkpoints import load_checkpoint
-from dualprop_jax.config import DPConfig
 from dualprop_jax.data import Dataset, load_dataset
+from dualprop_jax.data.pipeline import augment_batch, batches
 from dualprop_jax.dyads import (
     Aux,
     Dyads,
@@ -32,8 +31,6 @@ from dualprop_jax.dyads import (
     s_bar,
 )
 from dualprop_jax.errors import DataError, DivergenceError, TrainingError, TrainingInterrupted
-from dualprop_jax.input_pipeline import augment_batch, batches
-from dualprop_jax.loop import train_epoch
 from dualprop_jax.losses import loss_gradient, per_example_loss
 from dualprop_jax.models import (
     VGG11,
@@ -57,12 +54,14 @@ from dualprop_jax.models import (
     vgg11,
     vgg16,
 )
-from dualprop_jax.parallel import make_mesh
-from dualprop_jax.progress import ConsoleProgress
 from dualprop_jax.rules import Backprop, DualProp, Rule
-from dualprop_jax.steps import TrainState, evaluate, make_optimizer, make_train_step
-from dualprop_jax.train import train_and_evaluate, write_plots
-from dualprop_jax.train_config import TrainConfig
+from dualprop_jax.training.checkpoints import load_checkpoint
+from dualprop_jax.training.config import TrainConfig
+from dualprop_jax.training.loop import train_epoch
+from dualprop_jax.training.parallel import make_mesh
+from dualprop_jax.training.progress import ConsoleProgress
+from dualprop_jax.training.steps import TrainState, evaluate, make_optimizer, make_train_step
+from dualprop_jax.training.train import train_and_evaluate, write_plots
 
 __version__ = "0.1.0"
 
@@ -73,7 +72,6 @@ __all__ = [
     "Backprop",
     "ConsoleProgress",
     "Conv",
-    "DPConfig",
     "DataError",
     "Dataset",
     "Dense",

@@ -5,7 +5,8 @@
     state, metrics = step(state, x, y)                     # metrics: batch-mean loss, # correct
     evaluate(net, state.params, dataset)                   # {"loss": ..., "accuracy": ...}
 
-With a ``mesh`` (see :mod:`dualprop_jax.parallel`) the batch is split over its devices and the
+With a ``mesh`` (see :mod:`dualprop_jax.training.parallel`)
+the batch is split over its devices and the
 state is replicated; the rule's gradients are batch means, so XLA averages them across devices.
 """
 
@@ -23,15 +24,15 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from dualprop_jax import models
-from dualprop_jax import parallel as par
 from dualprop_jax.data import Dataset
+from dualprop_jax.data.pipeline import augment_batch, padded_batches
 from dualprop_jax.dyads import alignment
-from dualprop_jax.input_pipeline import augment_batch, padded_batches
 from dualprop_jax.losses import per_example_loss, targets_as_array
 from dualprop_jax.rules import Backprop, Rule, backprop
+from dualprop_jax.training import parallel as par
 
 if TYPE_CHECKING:
-    from dualprop_jax.train_config import TrainConfig
+    from dualprop_jax.training.config import TrainConfig
 
 
 class TrainState(NamedTuple):

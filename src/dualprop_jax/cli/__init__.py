@@ -1,7 +1,8 @@
 """The ``dualprop`` command: ``dualprop train [flags]`` and ``dualprop bench [flags]``.
 
-Application layer over :func:`dualprop_jax.train.train_and_evaluate` and
-:mod:`dualprop_jax.benchmark`: parses flags, shows a progress bar, prints tables, writes the
+Application layer over :func:`dualprop_jax.training.train.train_and_evaluate` and
+:mod:`dualprop_jax.training.benchmark`:
+parses flags, shows a progress bar, prints tables, writes the
 plots, and turns errors into one clear line.
 """
 
@@ -15,7 +16,7 @@ import pathlib
 import sys
 
 from dualprop_jax import models, rules
-from dualprop_jax.train_config import FEEDS, MODELS, TrainConfig, fold_legacy_rule
+from dualprop_jax.training.config import FEEDS, MODELS, TrainConfig, fold_legacy_rule
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -256,7 +257,7 @@ def _train_parser(sub) -> None:
 
 
 def _bench_parser(sub) -> None:
-    from dualprop_jax import benchmark as b
+    from dualprop_jax.training import benchmark as b
 
     p = _command(
         sub,
@@ -431,7 +432,7 @@ def _start_processes(args: argparse.Namespace) -> None:
             "the same directory, and the default name holds each process's own start time."
         )
     if args.coordinator:
-        from dualprop_jax import distributed
+        from dualprop_jax.training import distributed
 
         distributed.initialize(
             args.coordinator,
@@ -447,7 +448,7 @@ def _failed(status: int) -> int:
     """``status`` of a failed run. In a multi-process run this process leaves at once
     (``distributed.exit_now``): a normal exit would wait up to 300 s in JAX's shutdown barrier
     for the other processes, which are blocked in a collective waiting for this one."""
-    from dualprop_jax import distributed
+    from dualprop_jax.training import distributed
 
     distributed.exit_now(status)
     return status
@@ -460,8 +461,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         TrainingError,
         TrainingInterrupted,
     )
-    from dualprop_jax.progress import ConsoleProgress
-    from dualprop_jax.train import train_and_evaluate
+    from dualprop_jax.training.progress import ConsoleProgress
+    from dualprop_jax.training.train import train_and_evaluate
 
     workdir = args.workdir
     try:
@@ -497,8 +498,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """Evaluate a saved run's parameters on a split of its data, without training."""
-    from dualprop_jax import checkpoints, steps, train
     from dualprop_jax.errors import DataError, TrainingError
+    from dualprop_jax.training import checkpoints, steps, train
 
     try:
         config = checkpoints.saved_config(args.workdir)
@@ -596,7 +597,7 @@ def _multipass_rows(benchmark, args: argparse.Namespace, result: dict) -> list[d
 
 
 def cmd_bench(args: argparse.Namespace, argv: list[str]) -> int:
-    from dualprop_jax import benchmark
+    from dualprop_jax.training import benchmark
 
     result = benchmark.run_benchmark(
         _names(args.models), batch=args.batch, vgg_batch=args.vgg_batch, steps=args.steps,

@@ -17,7 +17,7 @@ MODELS = ("mlp", "cnn", "vgg11", "vgg16", "resnet8", "resnet20", "resnet18")
 """Chains (MLP, CNN, VGG) and residual networks (graphs; :func:`dualprop_jax.models.resnet`)."""
 OPTIMIZERS = ("adam", "sgd")
 LR_SCHEDULES = ("constant", "cosine")
-FEEDS = ("auto", "device", "host")  # see dualprop_jax.device_data.choose_feed
+FEEDS = ("auto", "device", "host")  # see dualprop_jax.data.device.choose_feed
 
 # Fields that may differ when a run is resumed: they change where and how a run goes, not the
 # numbers it computes. ``epochs`` may be raised too (see ``checkpoints.check_resumable``).

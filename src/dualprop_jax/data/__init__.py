@@ -1,6 +1,6 @@
 """Dataset sources: IDX (Fashion-MNIST, MNIST), ``.npz`` files and TFDS, split and standardised.
 
-Batching and augmentation (how data is fed) live in :mod:`dualprop_jax.input_pipeline`.
+Batching and augmentation (how data is fed) live in :mod:`dualprop_jax.data.pipeline`.
 
 Everything here raises :class:`DataError` (a ``ValueError``) with a message that names the
 problem and how to fix it. Nothing is downloaded or read at import time.
@@ -173,7 +173,7 @@ class Dataset:
         """Standardised float32 images of ``split`` ("train", "val" or "test") at ``index``
         (an index array, a slice or an int; default: the whole split).
 
-        The one place batches are taken: the training loop, :func:`~dualprop_jax.input_pipeline.
+        The one place batches are taken: the training loop, :func:`~dualprop_jax.data.pipeline.
         batches` and evaluation all call it (or index the split the same way), so uint8 data
         is converted batch by batch and never held in float32 as a whole.
         """

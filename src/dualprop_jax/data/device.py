@@ -1,21 +1,21 @@
 """Device-resident training data: the training split copied to the device(s) once, and each
 epoch run as a few jitted chunks of steps, with no host round trip per step.
 
-The host feed (:func:`~dualprop_jax.loop.train_epoch` with ``feed="host"``) gathers and
+The host feed (:func:`~dualprop_jax.training.loop.train_epoch` with ``feed="host"``) gathers and
 standardises every batch on the host, copies it to the device and then calls the step. The
 device feed instead:
 
 * copies the training split once per dataset and mesh (:func:`resident`), as stored: the uint8
   pixels with the train ``mean`` and ``std`` of :class:`~dualprop_jax.data.StandardisedImages`
   (float data as its float32 array), labels int32, replicated on every device of the mesh;
-* once per epoch copies the epoch's order, :func:`~dualprop_jax.input_pipeline.epoch_order`
+* once per epoch copies the epoch's order, :func:`~dualprop_jax.data.pipeline.epoch_order`
   (the one definition of it, computed on the host), and where its chunks end, with one explicit
   ``jax.device_put`` (:func:`start_epoch`);
 * runs the steps ``[bounds[c], bounds[c+1])`` of chunk ``c`` in one jitted program
   (:attr:`Runner.chunk`), a ``lax.fori_loop`` whose step i gathers batch ``order[i]``,
   standardises it with the float32 operations of :func:`~dualprop_jax.data.standardise`,
   calls the train step (which augments with ``fold_in(key(seed), first_step + i)``, the key of
-  :func:`~dualprop_jax.input_pipeline.step_key`), and adds its loss and correct count to running
+  :func:`~dualprop_jax.data.pipeline.step_key`), and adds its loss and correct count to running
   sums. The chunk number ``c`` travels on the device in the carry (state, sums, ``c``; donated),
   so chunks of any length, in any epoch, run one compiled program and take no host value.
 
@@ -23,7 +23,7 @@ Chunks end where the host must act (:func:`chunk_stops`): after the first step (
 exclude it, as on the host feed), every ``log_every`` steps (progress and the divergence
 check), after each diagnostics step, and at the end of the epoch. Each chunk end waits for the
 chunk, so at most one chunk is queued and multi-device CPU runs need no
-:class:`~dualprop_jax.parallel.StepThrottle`.
+:class:`~dualprop_jax.training.parallel.StepThrottle`.
 """
 
 from __future__ import annotations
@@ -38,11 +38,11 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from dualprop_jax import parallel as par
 from dualprop_jax.data import Dataset, StandardisedImages
 from dualprop_jax.errors import DataError
-from dualprop_jax.steps import TrainState, TrainStep
-from dualprop_jax.train_config import FEEDS
+from dualprop_jax.training import parallel as par
+from dualprop_jax.training.config import FEEDS
+from dualprop_jax.training.steps import TrainState, TrainStep
 
 BUDGET_FRACTION = 0.25
 """``feed="auto"`` keeps the training set on the device when it takes at most this fraction of

@@ -1,6 +1,6 @@
 """Step-time benchmark: BP, DP⊤, DP and the fast path on the same model, batch and optimizer.
 
-The command is ``dualprop bench`` (or ``python -m dualprop_jax.bench``); this module measures
+The command is ``dualprop bench`` ; this module measures
 and returns plain dicts, and prints nothing.
 
 For every model it builds one train step per rule with :func:`dualprop_jax.make_train_step`
@@ -11,7 +11,8 @@ round-robin (the starting rule rotates every round), each step ended by
 same model. Every rule starts from the same parameters and sees the same (random, fixed) batch.
 
 :func:`time_epoch` times whole training epochs with the training loop itself,
-:func:`dualprop_jax.loop.train_epoch`, fed from the host and from the device (CIFAR-10-shaped
+:func:`dualprop_jax.training.loop.train_epoch`,
+fed from the host and from the device (CIFAR-10-shaped
 random data: 45k images 32x32x3, batch 100, random crop + flip; or a real dataset such as
 Fashion-MNIST), and relates each epoch to the cost of its steps.
 
@@ -41,9 +42,9 @@ from flax import nnx
 
 from dualprop_jax import models, rules
 from dualprop_jax.data import Dataset
-from dualprop_jax.loop import train_epoch
-from dualprop_jax.steps import TrainState, make_optimizer, make_train_step, rule_params
-from dualprop_jax.train_config import TrainConfig
+from dualprop_jax.training.config import TrainConfig
+from dualprop_jax.training.loop import train_epoch
+from dualprop_jax.training.steps import TrainState, make_optimizer, make_train_step, rule_params
 
 RULES = ("bp", "dp_top", "dp", "dp+fast", "dp_top+damped", "dp+kp", "ep", "chl")
 """Default rows: back-propagation; DP⊤ and DP with one top-down sweep; the fast path; damped
@@ -427,7 +428,7 @@ def time_epoch(
 ) -> list[dict]:
     """Wall time of one training epoch per rule and feed, against the cost of its steps.
 
-    The loop is :func:`dualprop_jax.loop.train_epoch`, the one ``train_and_evaluate`` runs,
+    The loop is :func:`dualprop_jax.training.loop.train_epoch`, the one ``train_and_evaluate`` runs,
     with each feed of ``feeds``: ``"host"`` (batches gathered on the host and copied one by
     one) and ``"device"`` (the set kept on the device, chunks of steps there). The data is
     ``dataset``'s training split, or CIFAR-10-shaped random images (``images`` of them, for

@@ -1,9 +1,10 @@
 """``train_and_evaluate(config, workdir)``: a complete, resumable training run.
 
 The story, one module per chapter: load the data (:mod:`~dualprop_jax.data`), build the model,
-the rule's train step and the optimizer (:mod:`~dualprop_jax.steps`) on a device mesh
-(:mod:`~dualprop_jax.parallel`), run epochs (:mod:`~dualprop_jax.loop`), validate, checkpoint
-(:mod:`~dualprop_jax.checkpoints`), and test the best-validation parameters.
+the rule's train step and the optimizer (:mod:`~dualprop_jax.training.steps`) on a device mesh
+(:mod:`~dualprop_jax.training.parallel`), run epochs
+(:mod:`~dualprop_jax.training.loop`), validate, checkpoint
+(:mod:`~dualprop_jax.training.checkpoints`), and test the best-validation parameters.
 
 No printing or plotting here: progress reaches the caller through ``hook(event, info)``. The
 run leaves checkpoints, ``config.json``, ``metrics.csv``, ``alignment.json`` (diagnostics on)
@@ -25,14 +26,17 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from dualprop_jax import checkpoints, device_data, models
 from dualprop_jax import data as data_lib
-from dualprop_jax import parallel as par
+from dualprop_jax import models
+from dualprop_jax.data import device as device_data
+from dualprop_jax.data.pipeline import check_batch_size
 from dualprop_jax.errors import DivergenceError, TrainingError, TrainingInterrupted
-from dualprop_jax.input_pipeline import check_batch_size
-from dualprop_jax.loop import EpochResult, train_epoch
 from dualprop_jax.rules import DualProp
-from dualprop_jax.steps import (
+from dualprop_jax.training import checkpoints
+from dualprop_jax.training import parallel as par
+from dualprop_jax.training.config import TrainConfig
+from dualprop_jax.training.loop import EpochResult, train_epoch
+from dualprop_jax.training.steps import (
     TrainState,
     TrainStep,
     alignment_fn,
@@ -44,7 +48,6 @@ from dualprop_jax.steps import (
     rule_metrics_fn,
     rule_params,
 )
-from dualprop_jax.train_config import TrainConfig
 
 Hook = Callable[[str, dict], None]
 """``hook(event, info)`` with event in {"start", "step", "epoch", "end"}: progress for a caller."""
@@ -243,7 +246,7 @@ class Run:
 
 def build_run(config: TrainConfig, ds: data_lib.Dataset) -> Run:
     """Check the data against the config, then build the mesh, model, optimizer and steps, and
-    choose the feed (:func:`~dualprop_jax.device_data.choose_feed`)."""
+    choose the feed (:func:`~dualprop_jax.data.device.choose_feed`)."""
     check_batch_size(config.batch_size, len(ds.x_train))
     mesh = par.make_mesh(config.devices)
     par.check_divisible(config.batch_size, mesh)
@@ -370,7 +373,7 @@ def _results(config: TrainConfig, meta: dict, test: dict, ds: data_lib.Dataset, 
 def write_plots(workdir: str | os.PathLike, results: dict | None = None) -> None:
     """``curves.png`` from ``metrics.csv`` (the test accuracy marked when ``results`` are
     given) and ``alignment.png`` from ``alignment.json``, where those files exist."""
-    from dualprop_jax import plots
+    from dualprop_jax.training import plots
 
     workdir = pathlib.Path(workdir)
     config = checkpoints.saved_config(workdir)

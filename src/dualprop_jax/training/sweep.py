@@ -28,7 +28,7 @@ import optax
 
 from dualprop_jax.models import LayeredNet
 from dualprop_jax.rules import Rule
-from dualprop_jax.steps import TrainState
+from dualprop_jax.training.steps import TrainState
 
 
 def stack_rules(rules: Sequence[Rule]) -> Rule:

@@ -7,7 +7,7 @@ Two feeds give the same batches, keys and (to float rounding) parameters:
 * ``"host"``: each batch is gathered and standardised on the host, copied to the device(s) and
   passed to the step; one dispatch per step.
 * ``"device"``: the training split lives on the device(s) and the steps run in chunks of one
-  jitted program each (:mod:`dualprop_jax.device_data`); one dispatch per chunk.
+  jitted program each (:mod:`dualprop_jax.data.device`); one dispatch per chunk.
 
 Either feed yields after the steps where the host acts (the first step, every ``log_every``,
 diagnostics steps, the last); :func:`train_epoch` does that work in one place.
@@ -24,12 +24,12 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
 
-from dualprop_jax import device_data
-from dualprop_jax import parallel as par
 from dualprop_jax.data import Dataset
+from dualprop_jax.data import device as device_data
+from dualprop_jax.data.pipeline import epoch_order, step_key
 from dualprop_jax.errors import DivergenceError
-from dualprop_jax.input_pipeline import epoch_order, step_key
-from dualprop_jax.steps import TrainState, TrainStep
+from dualprop_jax.training import parallel as par
+from dualprop_jax.training.steps import TrainState, TrainStep
 
 # (steps done, state, Σ loss, Σ correct, () -> the last step's (x, y)) after a step or a chunk
 _Done = tuple[int, TrainState, jax.Array, jax.Array, Callable[[], tuple]]
@@ -70,13 +70,13 @@ def train_epoch(
 ) -> EpochResult:
     """Run training epoch ``epoch`` (1-based) of ``dataset.x_train``.
 
-    The batches are :func:`~dualprop_jax.input_pipeline.epoch_order` ``(seed, epoch)``; step i
+    The batches are :func:`~dualprop_jax.data.pipeline.epoch_order` ``(seed, epoch)``; step i
     of the epoch has global number g = (epoch-1)·steps + i and augmentation key
     ``step_key(seed, g)``. Every ``log_every`` steps the running mean loss is checked (NaN/Inf
     raises :class:`DivergenceError`) and reported to ``on_progress``. ``diagnostics = (fn,
     every)`` records ``fn(params, x, y)`` (per-leaf cosines) every ``every`` global steps.
     ``feed``: ``"host"``, ``"device"`` (the training split kept on the device, see
-    :mod:`dualprop_jax.device_data`) or ``"auto"`` (:func:`~dualprop_jax.device_data.choose_feed`:
+    :mod:`dualprop_jax.data.device`) or ``"auto"`` (:func:`~dualprop_jax.data.device.choose_feed`:
     the device when the split fits its budget). The input ``state`` is donated when ``step``
     donates.
     """

@@ -24,8 +24,8 @@ from flax import nnx
 
 from dualprop_jax import models
 from dualprop_jax.errors import TrainingError
-from dualprop_jax.steps import build_model, make_optimizer, rule_params
-from dualprop_jax.train_config import FREE_ON_RESUME, TrainConfig
+from dualprop_jax.training.config import FREE_ON_RESUME, TrainConfig
+from dualprop_jax.training.steps import build_model, make_optimizer, rule_params
 
 MAX_TO_KEEP = 2
 """Default number of checkpoints kept (``TrainConfig.keep_checkpoints``)."""
@@ -149,7 +149,7 @@ def resume_epoch(config: TrainConfig, workdir: pathlib.Path, resume: bool) -> in
 
     A workdir holding checkpoints is never overwritten: without ``resume`` it is refused. With
     ``resume`` the workdir must hold a run, and the config may differ from the saved one only
-    in :data:`~dualprop_jax.train_config.FREE_ON_RESUME` settings and in more ``epochs``.
+    in :data:`~dualprop_jax.training.config.FREE_ON_RESUME` settings and in more ``epochs``.
     """
     saved_epoch = latest_epoch(workdir)
     if not resume:

@@ -162,7 +162,8 @@ def initialize(
     except RuntimeError as err:
         if flag_names is None:
             how = (
-                "Call dualprop_jax.distributed.initialize once, before any other JAX call (even "
+                "Call dualprop_jax.training.distributed.initialize once, before any other JAX "
+                "call (even "
                 "jax.devices()); start every process with the same coordinator address and "
                 "num_processes and distinct process ids"
             )

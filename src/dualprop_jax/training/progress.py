@@ -13,7 +13,7 @@ import sys
 from typing import TextIO
 
 from dualprop_jax import rules
-from dualprop_jax.device_data import describe_bytes
+from dualprop_jax.data.device import describe_bytes
 
 
 def describe_rule(rule: rules.Rule) -> str:

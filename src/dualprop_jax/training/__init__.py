@@ -1,0 +1,1 @@
+"""The training harness: configs, loops, steps, checkpoints, devices, plots, benchmarks."""
