@@ -1,22 +1,23 @@
 """dualprop-jax: dual propagation (DP, DP⊤) in JAX.
 
-Pure functions compute the dyads (s⁺, s⁻) of a layered Flax NNX network and the contrastive
-(Hebbian) gradient of the local objective J; learning rules are values
-(:mod:`dualprop_jax.rules`) with one interface, ready for any optax optimizer:
+``import dualprop_jax as dp`` gives the math: learning rules (:mod:`~dualprop_jax.rules`), the
+core functions (:mod:`~dualprop_jax.core`), the models (:mod:`~dualprop_jax.models`) and the
+losses. Every rule has one signature, ready for any optax optimizer:
 
-    import dualprop_jax as dp
-    rule = dp.rules.dual_prop(variant="dp_top", alpha=0.5, beta=0.01)
-    grads, aux = rule.grad(net, params, x, y)
+    rule = dp.rules.dual_prop("dp_top", alpha=0.5, beta=0.01)
+    state = rule.init(net, params)
+    grads, aux, state = rule.grad(net, params, state, x, y)
 
-The same interface holds the DP variants (damped DP, Kolen–Pollack DP, the exact squared-error
-output), back-propagation, and the baselines the papers compare against: equilibrium
-propagation and contrastive Hebbian learning (:mod:`dualprop_jax.energy`).
+The training harness lives in :mod:`dualprop_jax.training` (configs, loops, checkpoints,
+devices, progress, plots, benchmarks) and the data in :mod:`dualprop_jax.data`; the notebook
+entry points ``dp.load_dataset``, ``dp.batches``, ``dp.make_train_step``, ``dp.evaluate`` and
+``dp.train_and_evaluate`` are one attribute away (imported on first use).
 """
 
-from dualprop_jax import energy, rules
-from dualprop_jax.data import Dataset, load_dataset
-from dualprop_jax.data.pipeline import augment_batch, batches
-from dualprop_jax.dyads import (
+from importlib import import_module
+
+from dualprop_jax import core, models, rules
+from dualprop_jax.core import (
     Aux,
     Dyads,
     alignment,
@@ -25,16 +26,13 @@ from dualprop_jax.dyads import (
     delta,
     dual_activation,
     fast_grad,
-    feedback,
     infer_dyads,
     local_objective,
+    pass_residuals,
     s_bar,
 )
-from dualprop_jax.errors import DataError, DivergenceError, TrainingError, TrainingInterrupted
 from dualprop_jax.losses import loss_gradient, per_example_loss
 from dualprop_jax.models import (
-    VGG11,
-    VGG16,
     Conv,
     Dense,
     Graph,
@@ -55,27 +53,35 @@ from dualprop_jax.models import (
     vgg16,
 )
 from dualprop_jax.rules import Backprop, DualProp, Rule
-from dualprop_jax.training.checkpoints import load_checkpoint
-from dualprop_jax.training.config import TrainConfig
-from dualprop_jax.training.loop import train_epoch
-from dualprop_jax.training.parallel import make_mesh
-from dualprop_jax.training.progress import ConsoleProgress
-from dualprop_jax.training.steps import TrainState, evaluate, make_optimizer, make_train_step
-from dualprop_jax.training.train import train_and_evaluate, write_plots
 
 __version__ = "0.1.0"
 
+_HARNESS = {
+    "load_dataset": "dualprop_jax.data",
+    "batches": "dualprop_jax.data.pipeline",
+    "make_train_step": "dualprop_jax.training.steps",
+    "evaluate": "dualprop_jax.training.steps",
+    "train_and_evaluate": "dualprop_jax.training.train",
+}
+"""The notebook entry points of the harness: name -> module (imported on first use, so that
+``import dualprop_jax`` loads no data, checkpoint or plotting library)."""
+
+
+def __getattr__(name: str):
+    if name in _HARNESS:
+        return getattr(import_module(_HARNESS[name]), name)
+    raise AttributeError(f"module 'dualprop_jax' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_HARNESS])
+
+
 __all__ = [
-    "VGG11",
-    "VGG16",
     "Aux",
     "Backprop",
-    "ConsoleProgress",
     "Conv",
-    "DataError",
-    "Dataset",
     "Dense",
-    "DivergenceError",
     "DualProp",
     "Dyads",
     "Graph",
@@ -83,34 +89,27 @@ __all__ = [
     "LayeredNet",
     "Network",
     "Rule",
-    "TrainConfig",
-    "TrainState",
-    "TrainingError",
-    "TrainingInterrupted",
     "__version__",
     "alignment",
-    "augment_batch",
     "batches",
     "bp_grad",
     "cnn",
     "contrastive_grad",
     "conv_net",
+    "core",
     "delta",
     "dual_activation",
-    "energy",
     "evaluate",
     "fast_grad",
-    "feedback",
     "infer_dyads",
-    "load_checkpoint",
     "load_dataset",
     "local_objective",
     "loss_gradient",
-    "make_mesh",
-    "make_optimizer",
     "make_train_step",
     "merge",
     "mlp",
+    "models",
+    "pass_residuals",
     "per_example_loss",
     "resnet",
     "resnet8",
@@ -120,9 +119,7 @@ __all__ = [
     "s_bar",
     "split",
     "train_and_evaluate",
-    "train_epoch",
     "vgg",
     "vgg11",
     "vgg16",
-    "write_plots",
 ]

@@ -45,8 +45,8 @@ pool(s_k)⟩ for a linear W: a window's maximum is weighted by Wᵀ s_{k+1}, whi
 between routings without reaching a fixed point (tests/test_energy.py shows it on a small net).
 
 Precision: the layer maps compute in ``rule.dtype``; states, losses and output gradients are kept
-in at least float32 (as the dyads of :mod:`~dualprop_jax.dyads`); parameter gradients keep the
-parameters' dtype.
+in at least float32 (as the dyads of :mod:`~dualprop_jax.core.inference`); parameter gradients
+keep the parameters' dtype.
 
 Cost: s_0 = x never moves, so W_0(x) is computed once per phase; a step then costs one forward
 and one input-side vjp of maps 1..L-1 (two of BP's three matmuls per dense layer). A gradient
@@ -70,7 +70,8 @@ from typing import TYPE_CHECKING
 import jax
 import jax.numpy as jnp
 
-from dualprop_jax.dyads import Aux, _check_inputs, _wide
+from dualprop_jax.core.forward import forward
+from dualprop_jax.core.states import Aux, check_batch, wide
 from dualprop_jax.losses import loss_gradient, per_example_loss, targets_as_array
 from dualprop_jax.models import LayeredNet
 
@@ -168,8 +169,8 @@ def _relax(net: LayeredNet, params, x, states: States, rule, steps: int, output:
     dtype = jnp.dtype(rule.dtype)
     sigma = SIGMAS[rule.activation]
     a_1 = _drive(net, params, x, dtype)
-    wide = _wide(dtype)
-    states = tuple(s.astype(wide) for s in states)
+    dt = wide(dtype)
+    states = tuple(s.astype(dt) for s in states)
     step = STEPS[rule.order]
     body = lambda _, s: step(net, params, a_1, s, dtype, sigma, output)  # noqa: E731
     return jax.lax.fori_loop(0, steps, body, states, unroll=min(rule.unroll, steps))
@@ -194,12 +195,9 @@ def _clamped(t) -> Output:
 def _forward_states(net: LayeredNet, params, x, dtype, sigma) -> States:
     """The feedforward pass with σ: s_k = σ(W_{k-1}(s_{k-1})) (k < L), s_L = W_{L-1}(s_{L-1})."""
     net.require_chain("EP and CHL (a layered Hopfield energy)")
-    wide, s, states = _wide(dtype), x, []
-    for k in range(net.num_maps):
-        a = net.apply_map(k, net.layer_params(params, k), s, dtype).astype(wide)
-        s = a if k == net.num_maps - 1 else sigma(a)
-        states.append(s)
-    return tuple(states)
+    dt = wide(dtype)
+    edge = lambda k, s: net.apply_map(k, net.layer_params(params, k), s, dtype).astype(dt)  # noqa: E731
+    return tuple(forward(net, params, x, dtype, node=lambda j, a: sigma(a), edge=edge).states[1:])
 
 
 def _start_states(net: LayeredNet, params, x, rule) -> States:
@@ -235,7 +233,7 @@ def _targets_and_loss(s_L, y, rule):
 
 
 def _ep_grad(net: LayeredNet, params, x, y, rule: EquilibriumProp) -> tuple[object, Aux]:
-    _check_inputs(x, y)
+    check_batch(net, x, y)
     dtype = jnp.dtype(rule.dtype)
     s_free = _free_phase(net, params, x, rule)
     t, loss = _targets_and_loss(s_free[-1], y, rule)
@@ -255,7 +253,7 @@ def _ep_grad(net: LayeredNet, params, x, y, rule: EquilibriumProp) -> tuple[obje
 
 
 def _chl_grad(net: LayeredNet, params, x, y, rule: ContrastiveHebbian) -> tuple[object, Aux]:
-    _check_inputs(x, y)
+    check_batch(net, x, y)
     dtype = jnp.dtype(rule.dtype)
     s_free = _free_phase(net, params, x, rule)
     t, loss = _targets_and_loss(s_free[-1], y, rule)
@@ -296,7 +294,7 @@ def relax(
     states = tuple(states)
     if y is None:
         return _relax(net, params, x, states, rule, steps, _free)
-    t = targets_as_array(states[-1].astype(_wide(jnp.dtype(rule.dtype))), y)
+    t = targets_as_array(states[-1].astype(wide(jnp.dtype(rule.dtype))), y)
     if beta is None:
         states = (*states[:-1], t)
         return _relax(net, params, x, states, rule, steps, _clamped(t))

@@ -1,0 +1,79 @@
+"""Learning rules as values, with one signature: ``init``, ``grad``, ``predict``.
+
+    rule = rules.dual_prop("dp_top", alpha=0.5, beta=0.01)
+    state = rule.init(net, params)
+    grads, aux, state = rule.grad(net, params, state, x, y)
+
+- :mod:`~.base`: the contract, :func:`ruleclass` (immutable rule pytrees), the registry;
+- :mod:`~.dual_prop`: DP, DP⊤ and their variants (damped, Kolen–Pollack, exact output, fast);
+- :mod:`~.backprop`: back-propagation;
+- :mod:`~.energy_based`: equilibrium propagation and contrastive Hebbian learning;
+- :mod:`~.labels`: table labels (``"dp_top+damped"``) and the rule names.
+"""
+
+from dualprop_jax.rules.backprop import Backprop, backprop
+from dualprop_jax.rules.base import (
+    DTYPES,
+    LOSSES,
+    RULES,
+    Rule,
+    check_rule,
+    fields_of,
+    from_dict,
+    leaf,
+    ruleclass,
+)
+from dualprop_jax.rules.dual_prop import (
+    FEEDBACKS,
+    OUTPUTS,
+    SCHEDULES,
+    VARIANTS,
+    DualProp,
+    damped_dual_prop,
+    dual_prop,
+    kolen_pollack,
+)
+from dualprop_jax.rules.energy_based import (
+    NUDGINGS,
+    ORDERS,
+    SIGMAS,
+    STARTS,
+    ContrastiveHebbian,
+    EquilibriumProp,
+    chl,
+    equilibrium_prop,
+)
+from dualprop_jax.rules.labels import LABEL_EXTRAS, NAMES, from_label
+
+__all__ = [
+    "DTYPES",
+    "FEEDBACKS",
+    "LABEL_EXTRAS",
+    "LOSSES",
+    "NAMES",
+    "NUDGINGS",
+    "ORDERS",
+    "OUTPUTS",
+    "RULES",
+    "SCHEDULES",
+    "SIGMAS",
+    "STARTS",
+    "VARIANTS",
+    "Backprop",
+    "ContrastiveHebbian",
+    "DualProp",
+    "EquilibriumProp",
+    "Rule",
+    "backprop",
+    "check_rule",
+    "chl",
+    "damped_dual_prop",
+    "dual_prop",
+    "equilibrium_prop",
+    "fields_of",
+    "from_dict",
+    "from_label",
+    "kolen_pollack",
+    "leaf",
+    "ruleclass",
+]
