@@ -92,7 +92,7 @@ def isolated_env(tmp_path, monkeypatch):
     monkeypatch.delenv("DUALPROP_DATA", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.setattr(
-        data,
+        data.idx,  # the module that reads it
         "SYSTEM_DATA_DIRS",
         {"fashion_mnist": (str(tmp_path / "no-system-fm"),), "mnist": (str(tmp_path / "no-sys"),)},
     )
