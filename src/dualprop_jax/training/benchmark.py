@@ -10,11 +10,9 @@ round-robin (the starting rule rotates every round), each step ended by
 ``block_until_ready``. A row reports the median step time and its ratio to BP's median on the
 same model. Every rule starts from the same parameters and sees the same (random, fixed) batch.
 
-:func:`time_epoch` times whole training epochs with the training loop itself,
-:func:`dualprop_jax.training.loop.train_epoch`,
-fed from the host and from the device (CIFAR-10-shaped
-random data: 45k images 32x32x3, batch 100, random crop + flip; or a real dataset such as
-Fashion-MNIST), and relates each epoch to the cost of its steps.
+Whole-epoch timing, :func:`time_epoch`, lives in :mod:`dualprop_jax.training.epoch_timing`,
+and the model table and row setup (:data:`MODELS`, :class:`ModelSpec`, :func:`train_config`)
+in :mod:`dualprop_jax.training.bench_setup`; both are importable from here.
 
 Rows name rules by their label (:func:`dualprop_jax.rules.from_label`): ``bp``, ``dp_top``,
 ``dp``, ``dp+fast`` (the fast path of the 2023 rule, α = ½), ``dp_top+damped`` (damped DP⊤),
@@ -33,91 +31,29 @@ import pathlib
 import platform
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import jax
-import jax.numpy as jnp
-import numpy as np
-from flax import nnx
 
-from dualprop_jax import models, rules
-from dualprop_jax.data import Dataset
-from dualprop_jax.training.config import TrainConfig
-from dualprop_jax.training.loop import train_epoch
-from dualprop_jax.training.steps import TrainState, make_optimizer, make_train_step, rule_params
+from dualprop_jax import rules
+from dualprop_jax.training.bench_setup import (
+    ENERGY_RULES,
+    MODELS,
+    ModelSpec,
+    _init,
+    _interleaved,
+    chain_only,
+    random_batch,
+    train_config,
+)
+from dualprop_jax.training.epoch_timing import FMNIST_MLP as FMNIST_MLP
+from dualprop_jax.training.epoch_timing import time_epoch as time_epoch
 
 RULES = ("bp", "dp_top", "dp", "dp+fast", "dp_top+damped", "dp+kp", "ep", "chl")
 """Default rows: back-propagation; DP⊤ and DP with one top-down sweep; the fast path; damped
 DP⊤; KP-DP; EP and CHL at their literature settings (:data:`ENERGY_RULES`)."""
-ENERGY_RULES = ("ep", "chl")
-"""Rules that relax to equilibrium (T + K steps per train step): timed in their own group."""
 ENERGY_STEPS = {"mlp": 5, "cnn": 3, "vgg16": 1}
 """Timed steps of the EP / CHL group per model (after one warm-up step)."""
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelSpec:
-    """A benchmark model: a builder ``(rngs) -> Network`` and the per-example input shape.
-
-    ``layouts`` are the conv layouts (:data:`dualprop_jax.models.LAYOUTS`) the builder takes
-    as ``build(rngs, layout=...)``; empty for models without max-pooling. ``graph``: a
-    residual/DAG network, on which the chain-only rules (:func:`chain_only`) get no row.
-    """
-
-    build: Callable[..., models.Network]
-    input_shape: tuple[int, ...]
-    description: str
-    num_classes: int = 10
-    layouts: tuple[str, ...] = ()
-    graph: bool = False
-
-
-MODELS: dict[str, ModelSpec] = {
-    "mlp": ModelSpec(
-        lambda rngs: models.mlp((784, 1000, 1000, 1000, 10), rngs=rngs),
-        (784,),
-        "MLP 784-1000-1000-1000-10",
-    ),
-    "cnn": ModelSpec(
-        lambda rngs, layout="unpooled": models.cnn(
-            (28, 28, 1), channels=(32, 64), dense=(512,), layout=layout, rngs=rngs
-        ),
-        (28, 28, 1),
-        "CNN 28x28x1: conv32-pool-conv64-pool-512-10",
-        layouts=models.LAYOUTS,
-    ),
-    "vgg16": ModelSpec(
-        lambda rngs, layout="unpooled": models.vgg16(
-            input_shape=(32, 32, 3), num_classes=10, layout=layout, rngs=rngs
-        ),
-        (32, 32, 3),
-        "VGG16 32x32x3 (13 conv, 4096-4096-10, no BatchNorm)",
-        layouts=models.LAYOUTS,
-    ),
-}
-
-MODELS |= {
-    "resnet8": ModelSpec(
-        lambda rngs: models.resnet8(input_shape=(28, 28, 1), rngs=rngs),
-        (28, 28, 1),
-        "ResNet-8 28x28x1: stem 16, blocks 16/32/64 (identity and 1x1 skips), no BatchNorm",
-        graph=True,
-    ),
-    "resnet18": ModelSpec(
-        lambda rngs: models.resnet18(input_shape=(32, 32, 3), rngs=rngs),
-        (32, 32, 3),
-        "ResNet-18 32x32x3: stem 64, 2 blocks each of 64/128/256/512, no BatchNorm",
-        graph=True,
-    ),
-}
-
-
-def chain_only(label: str) -> bool:
-    """Whether the rule of ``label`` is defined on layered chains only (EP, CHL, damped DP,
-    Kolen–Pollack DP): a graph model gets no row for it."""
-    name, *extras = label.split("+")
-    return name in ENERGY_RULES or bool({"damped", "kp"} & set(extras))
-
 
 DEFAULT_STEPS = {"mlp": 200, "cnn": 60, "vgg16": 20, "resnet8": 30, "resnet18": 5}
 MULTIPASS_STEPS = {"mlp": 30, "cnn": 10, "vgg16": 5}
@@ -138,49 +74,6 @@ BENCH_OPTIONS = dict(
 CPU_VGG_BATCH = 8
 LARGE_MODELS = ("vgg16", "resnet18")
 """Models timed at ``vgg_batch`` (:data:`CPU_VGG_BATCH` on CPU) with ``vgg_steps``."""
-
-
-def train_config(
-    label: str,
-    alpha: float,
-    beta: float,
-    dtype: str,
-    passes: int,
-    free_steps: int = 100,
-    nudged_steps: int = 20,
-) -> TrainConfig:
-    """The training config of one benchmark row: its rule and the shared optimizer.
-
-    Every rule uses the paper's VGG optimizer, SGD with momentum 0.9, decoupled weight decay
-    5e-4 and a constant learning rate of 0.01 (:func:`dualprop_jax.make_optimizer`).
-    ``dp+fast`` is the 2023 rule on the fast path (α = ½ there, one sweep). α, β and passes
-    are DP's; EP keeps its own β (0.5) and takes T = ``free_steps``, K = ``nudged_steps``
-    (CHL: K clamped steps).
-    """
-    if label.split("+")[0] in ENERGY_RULES:
-        rule = rules.from_label(
-            label,
-            dtype=dtype,
-            free_steps=free_steps,
-            nudged_steps=nudged_steps,
-            clamped_steps=nudged_steps,
-        )
-    else:
-        rule = rules.from_label(label, alpha=alpha, beta=beta, dtype=dtype, passes=passes)
-    return TrainConfig(
-        rule=rule, optimizer="sgd", learning_rate=0.01, momentum=0.9, weight_decay=5e-4
-    )
-
-
-def _init(spec: ModelSpec, config: TrainConfig, seed: int, *, augment: bool = False, layout=None):
-    """``(step, state)`` of one row: the jitted, donating train step and a fresh state (with
-    the rule's own weights and state: KP's B_k, the damped rule's power iteration)."""
-    kw = {} if layout is None else {"layout": layout}
-    net, params = models.split(spec.build(nnx.Rngs(seed), **kw))
-    params = rule_params(config.rule, net, params, seed)
-    optimizer = make_optimizer(config, steps_per_epoch=1)  # constant rate: no schedule
-    step = make_train_step(net, config.rule, optimizer, donate=True, augment=augment)
-    return step, TrainState.create(net, params, config.rule, optimizer)
 
 
 def device_description() -> str:
@@ -218,23 +111,6 @@ def _peak_bytes(compiled) -> int | None:
         + m.temp_size_in_bytes
     )
     return int(max(live, getattr(m, "peak_memory_in_bytes", 0))) or None
-
-
-def random_batch(spec: ModelSpec, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """A fixed host batch: standard-normal inputs and uniform integer labels."""
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal((size, *spec.input_shape), dtype=np.float32)
-    y = rng.integers(0, spec.num_classes, size=size).astype(np.int32)
-    return x, y
-
-
-def _interleaved(labels: Sequence[str], rounds: int, run: Callable[[str, int], None]) -> None:
-    """``run(label, round)`` for every label, ``rounds`` times, the first label rotating per
-    round so that no rule always follows the same other rule."""
-    for r in range(rounds):
-        shift = r % len(labels)
-        for label in [*labels[shift:], *labels[:shift]]:
-            run(label, r)
 
 
 def _check_rules(labels: Sequence[str]) -> None:
@@ -288,24 +164,26 @@ def bench_model(
         timed |= {label: (group[label], group["bp"]) for label in energy}
     rows = []
     for label in rule_labels:
-        t, ref = timed[label]
-        bp_ms = ref["step_ms_median"]
-        relax = {}
-        if label in energy:
-            rule = configs[label].rule
-            relax = {
-                "T": rule.free_steps,
-                "K": rule.phase_steps,
-                "relaxation_steps": rule.relaxation_steps,
-            }
-        rows.append(
-            {"model": name, "rule": label, "batch": batch, "dtype": dtype}
-            | {"steps": n if label in energy else steps}
-            | t
-            | relax
-            | {"bp_step_ms": bp_ms, "ratio_to_bp": t["step_ms_median"] / bp_ms}
-        )
+        is_energy = label in energy
+        head = {"model": name, "rule": label, "batch": batch, "dtype": dtype}
+        head["steps"] = n if is_energy else steps
+        rows.append(_step_row(head, *timed[label], configs[label].rule if is_energy else None))
     return rows
+
+
+def _step_row(head: dict, t: dict, ref: dict, energy_rule=None) -> dict:
+    """One row of :func:`bench_model`: ``head`` (model, rule, batch, dtype, steps), then the
+    rule's timings ``t``, then for an EP / CHL rule (``energy_rule``) its T and K, then the BP
+    median of its group (``ref``) and the ratio to it."""
+    bp_ms = ref["step_ms_median"]
+    relax = {}
+    if energy_rule is not None:
+        relax = {
+            "T": energy_rule.free_steps,
+            "K": energy_rule.phase_steps,
+            "relaxation_steps": energy_rule.relaxation_steps,
+        }
+    return head | t | relax | {"bp_step_ms": bp_ms, "ratio_to_bp": t["step_ms_median"] / bp_ms}
 
 
 def _time_steps(entries: dict, spec: ModelSpec, batch: int, seed: int, warmup: int, steps: int):
@@ -400,139 +278,6 @@ def bench_multipass(
             }
         )
     return rows
-
-
-FMNIST_MLP = ModelSpec(
-    lambda rngs: models.mlp((784, 1000, 1000, 10), rngs=rngs),
-    (28, 28, 1),
-    "MLP 784-1000-1000-10 (the default of dualprop train)",
-)
-"""The model of :func:`time_epoch` on Fashion-MNIST: ``dualprop train``'s default MLP."""
-
-
-def time_epoch(
-    *,
-    images: int = 45_000,
-    batch: int = 100,
-    rule_labels: Sequence[str] = ("bp", "dp_top"),
-    beta: float = 0.01,
-    dtype: str = "float32",
-    seed: int = 0,
-    repeats: int = 3,
-    warmup_epochs: int = 1,
-    name: str = "vgg16",
-    spec: ModelSpec | None = None,
-    dataset: Dataset | None = None,
-    feeds: Sequence[str] = ("host", "device"),
-    step_samples: int = 30,
-) -> list[dict]:
-    """Wall time of one training epoch per rule and feed, against the cost of its steps.
-
-    The loop is :func:`dualprop_jax.training.loop.train_epoch`, the one ``train_and_evaluate`` runs,
-    with each feed of ``feeds``: ``"host"`` (batches gathered on the host and copied one by
-    one) and ``"device"`` (the set kept on the device, chunks of steps there). The data is
-    ``dataset``'s training split, or CIFAR-10-shaped random images (``images`` of them, for
-    ``name``/``spec``, VGG16 by default); image inputs get random crop + flip on the device.
-    Each step is compiled and run once before any clock starts; then ``warmup_epochs``
-    untimed rounds (the device feed copies the set and compiles its chunk program there) and
-    ``repeats`` timed rounds run one epoch of every (rule, feed), interleaved (the first one
-    rotating per round). A row reports the median timed epoch, the median of ``step_samples``
-    train steps each timed alone on a batch already on the device (``step_ms_median``), and
-    ``epoch_over_steps`` = epoch time / (steps × that median): 1 is an epoch at the cost of its
-    steps; the host feed pays for gathering and copying batches on top.
-    """
-    spec = spec or MODELS[name]
-    if dataset is None:
-        if images < batch:
-            raise ValueError(f"--epoch-images {images} is smaller than one batch of {batch}.")
-        x_host, y_host = random_batch(spec, images, seed)
-        empty_x, empty_y = x_host[:0], y_host[:0]
-        dataset = Dataset(
-            "random", x_host, y_host, empty_x, empty_y, empty_x, empty_y, 10, False, "random"
-        )
-    if repeats < 1 or warmup_epochs < 0:
-        raise ValueError(
-            f"need repeats >= 1 and warmup_epochs >= 0, got {repeats} and {warmup_epochs}."
-        )
-    if "device" in feeds and warmup_epochs < 1:
-        raise ValueError(
-            "the device feed copies the set and compiles its chunk program in its first epoch: "
-            "time it with warmup_epochs >= 1."
-        )
-    # crop + flip for images: CIFAR-like data, and the random CIFAR-shaped set
-    augment = len(spec.input_shape) == 3 and (dataset.augment or dataset.name == "random")
-    x0, y0 = dataset.images("train", np.arange(batch)), np.asarray(dataset.y_train[:batch])
-    x0, y0 = jax.device_put(x0), jax.device_put(y0.astype(np.int32))
-    key = jax.random.key(seed)
-    steps, state, first_s = {}, {}, {}
-    for label in rule_labels:
-        steps[label], start = _init(spec, train_config(label, 0.5, beta, dtype, 0), seed,
-                                    augment=augment)  # fmt: skip
-        for feed in feeds:  # one step (one compilation) per rule; a fresh state per feed
-            state[label, feed] = jax.tree.map(jnp.copy, start)
-            t0 = time.perf_counter()
-            state[label, feed], _ = steps[label](state[label, feed], x0, y0, key)
-            jax.block_until_ready(state[label, feed])
-            first_s[label, feed] = time.perf_counter() - t0
-
-    epoch_times: dict = {k: [] for k in state}
-    warm_times: dict = {k: [] for k in state}
-
-    def run(entry: tuple[str, str], r: int) -> None:
-        label, feed = entry
-        result = train_epoch(
-            steps[label], state[entry], dataset, batch_size=batch, epoch=r + 1, seed=seed,
-            log_every=len(dataset.x_train), feed=feed,
-        )  # fmt: skip
-        state[entry] = result.state
-        (warm_times if r < warmup_epochs else epoch_times)[entry].append(result.time_s)
-
-    _interleaved(list(state), warmup_epochs + repeats, run)
-    step_ms = _step_medians(steps, state, x0, y0, key, step_samples)
-    n_steps = len(dataset.x_train) // batch
-    rows = []
-    for (label, feed), times in epoch_times.items():
-        epoch_s = statistics.median(times)
-        rows.append(
-            {
-                "model": name,
-                "rule": label,
-                "feed": feed,
-                "images": n_steps * batch,
-                "batch": batch,
-                "steps": n_steps,
-                "dtype": dtype,
-                "repeats": repeats,
-                "epoch_s": epoch_s,
-                "epoch_s_all": times,
-                "warmup_epoch_s": warm_times[label, feed],
-                "images_per_s": n_steps * batch / epoch_s,
-                "first_step_s": first_s[label, feed],
-                "step_ms_median": step_ms[label],
-                "epoch_over_steps": epoch_s / (n_steps * step_ms[label] / 1e3),
-            }
-        )
-    for r in rows:
-        bp = next((b["epoch_s"] for b in rows if b["rule"] == "bp" and b["feed"] == r["feed"]), 0)
-        r["ratio_to_bp"] = r["epoch_s"] / bp if bp else None
-    return rows
-
-
-def _step_medians(steps: dict, state: dict, x, y, key, samples: int) -> dict[str, float]:
-    """Median ms of ``samples`` steps of each rule, each step timed alone (ended by
-    ``block_until_ready``) on a batch already on the device, rules interleaved."""
-    times: dict[str, list[float]] = {label: [] for label in steps}
-    current = {label: next(v for k, v in state.items() if k[0] == label) for label in steps}
-
-    def run(label: str, r: int) -> None:
-        t0 = time.perf_counter()
-        current[label], metrics = steps[label](current[label], x, y, key)
-        jax.block_until_ready((current[label], metrics))
-        if r >= 2:
-            times[label].append(time.perf_counter() - t0)
-
-    _interleaved(list(steps), 2 + max(samples, 1), run)
-    return {label: 1e3 * statistics.median(t) for label, t in times.items()}
 
 
 def run_benchmark(

@@ -99,14 +99,7 @@ def train_epoch(
             cos = jax.device_get(diagnostics[0](state.params, *last_batch()))
             records.append({"step": first_step + n - 1, "epoch": epoch, "cosine": _floats(cos)})
         if n % log_every == 0 or n == steps:
-            mean_loss = float(loss_sum) / n
-            if not math.isfinite(mean_loss):
-                raise DivergenceError(
-                    f"the training loss became {mean_loss} at epoch {epoch}, step {n}."
-                )
-            if on_progress is not None:
-                progress = dict(epoch=epoch, step=n, steps=steps, loss=mean_loss)
-                on_progress(dict(progress, accuracy=int(correct_sum) / (n * batch_size)))
+            _report(on_progress, epoch, n, steps, loss_sum, correct_sum, batch_size)
     jax.block_until_ready(state.params)
     t1 = time.perf_counter()
     return EpochResult(
@@ -119,6 +112,17 @@ def train_epoch(
         diagnostics=records,
         feed=feed,
     )
+
+
+def _report(on_progress, epoch, n, steps, loss_sum, correct_sum, batch_size) -> None:
+    """Check the running mean loss after step ``n`` of the epoch (NaN/Inf raises
+    :class:`DivergenceError`) and pass it, with the running accuracy, to ``on_progress``."""
+    mean_loss = float(loss_sum) / n
+    if not math.isfinite(mean_loss):
+        raise DivergenceError(f"the training loss became {mean_loss} at epoch {epoch}, step {n}.")
+    if on_progress is not None:
+        progress = dict(epoch=epoch, step=n, steps=steps, loss=mean_loss)
+        on_progress(dict(progress, accuracy=int(correct_sum) / (n * batch_size)))
 
 
 def _host_feed(step, state, dataset, order, first_step, seed, mesh) -> Iterator[_Done]:
