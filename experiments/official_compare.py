@@ -42,7 +42,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from dualprop_jax import dyads, models, rules
+from dualprop_jax import core, models, rules
 
 NETS = {
     "mlp": dict(shape=(28, 28, 1), features=[], dense=[1000, 1000, 1000, 10]),
@@ -168,8 +168,8 @@ def agreement(om, name: str, alpha: float, beta: float, passes: int) -> dict:
         else:
             rule = published(passes, variant="dp_top", alpha=alpha, beta=beta, dtype="float64")
             model = official_model(om, name, alpha, beta, "fwK", passes, jnp.float64)
-        d = dyads.infer_dyads(net, params, x, y, rule)
-        g, _ = rule.grad(net, params, x, y)
+        d = core.infer_dyads(net, params, x, y, rule)
+        g, _, _ = rule.grad(net, params, (), x, y)
         g_off, (sp, sm) = official_grad_fn(model)(official_params(name, params), x, onehot)
         g_off_layers = official_params(name, g)["params"]
         states = []
@@ -206,11 +206,11 @@ def timings(om, name: str, passes: int, size: int, rounds: int, warmup: int) -> 
             rule = rules.dual_prop(
                 "dp_top", 0.5, 0.01, passes=passes, schedule="bottom_up", unroll=unroll
             )
-            fn = jax.jit(lambda p, x, y, rule=rule, net=net: rule.grad(net, p, x, y)[0])
+            fn = jax.jit(lambda p, x, y, rule=rule, net=net: rule.grad(net, p, (), x, y)[0])
             label = f"project sweep + {passes} bottom_up ({layout}, unroll={rule.unroll_factor})"
             calls[label] = lambda fn=fn, p=params: fn(p, x, y)
         rule = published(passes, variant="dp_top", alpha=0.5, beta=0.01)
-        fn = jax.jit(lambda p, x, y, rule=rule, net=net: rule.grad(net, p, x, y)[0])
+        fn = jax.jit(lambda p, x, y, rule=rule, net=net: rule.grad(net, p, (), x, y)[0])
         label = f"project fwK {passes} = sweep=False + {passes - 1} bottom_up ({layout})"
         calls[label] = lambda fn=fn, p=params: fn(p, x, y)
     times: dict[str, list[float]] = {k: [] for k in calls}

@@ -20,7 +20,8 @@ import numpy as np
 from flax import nnx
 
 import dualprop_jax as dp
-from dualprop_jax import energy, rules
+from dualprop_jax import rules
+from dualprop_jax.core import energy
 from dualprop_jax.training.config import TrainConfig
 from dualprop_jax.training.steps import build_model
 

@@ -30,7 +30,10 @@ import optax
 from flax import nnx
 
 import dualprop_jax as dp
+from dualprop_jax.data.pipeline import augment_batch
 from dualprop_jax.training import parallel
+from dualprop_jax.training.parallel import make_mesh
+from dualprop_jax.training.steps import TrainState
 
 DEVICES = 4
 PER_DEVICE = 2
@@ -54,14 +57,14 @@ def main() -> None:
     out_path, seed = sys.argv[1], int(sys.argv[2])
     assert jax.device_count() == DEVICES, jax.devices()
     net, params, rule, optimizer, x, y = problem()
-    mesh = dp.make_mesh(DEVICES)
+    mesh = make_mesh(DEVICES)
     rep, batch = parallel.replicated(mesh), parallel.batch_sharding(mesh)
     xg = parallel.global_array(x, batch)
     yg = parallel.global_array(y, batch)
     key, other = jax.random.key(seed), jax.random.key(seed + 1)
 
     # the train step's shardings: key replicated, batch split over the devices
-    augment = jax.jit(dp.augment_batch, in_shardings=(rep, batch), out_shardings=batch)
+    augment = jax.jit(augment_batch, in_shardings=(rep, batch), out_shardings=batch)
     sharded = augment(key, xg)
     assert sharded.sharding.is_equivalent_to(batch, 4), sharded.sharding
     out = {
@@ -70,7 +73,7 @@ def main() -> None:
         "sharded_again": np.asarray(augment(key, xg)),
         "other_key": np.asarray(augment(other, xg)),
         "one_device": np.asarray(
-            jax.jit(dp.augment_batch)(key, jax.device_put(x, jax.devices()[0]))
+            jax.jit(augment_batch)(key, jax.device_put(x, jax.devices()[0]))
         ),
     }
     for shard in sharded.addressable_shards:
@@ -78,7 +81,7 @@ def main() -> None:
 
     step = dp.make_train_step(net, rule, optimizer, mesh=mesh, augment=True)
     for name in ("step", "step_again"):
-        state = dp.TrainState.create(net, params, rule, optimizer, mesh)
+        state = TrainState.create(net, params, rule, optimizer, mesh)
         new_state, _ = step(state, xg, yg, key)
         for path, leaf in jax.tree_util.tree_flatten_with_path(new_state.params)[0]:
             out[f"{name}/{jax.tree_util.keystr(path)}"] = np.asarray(leaf)

@@ -23,7 +23,8 @@ from flax import nnx  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
 
 import dualprop_jax as dp  # noqa: E402
-from dualprop_jax import parallel  # noqa: E402
+from dualprop_jax.training import parallel  # noqa: E402
+from dualprop_jax.training.parallel import make_mesh  # noqa: E402
 
 
 def problem():
@@ -40,22 +41,22 @@ def main() -> None:
     assert jax.device_count() == N, jax.devices()
 
     def per_device(p, xs, ys):
-        grads, _ = rule.grad(net, p, xs, ys)
+        grads, _, _ = rule.grad(net, p, (), xs, ys)
         return jax.lax.pmean(grads, "i")
 
     xs, ys = x.reshape(N, -1, *x.shape[1:]), y.reshape(N, -1)
     g_pmap = jax.pmap(per_device, axis_name="i", in_axes=(None, 0, 0))(params, xs, ys)
     g_pmap = jax.tree.map(lambda g: g[0], g_pmap)
 
-    mesh = dp.make_mesh(N)
+    mesh = make_mesh(N)
     specs = dict(mesh=mesh, in_specs=(P(), P("data"), P("data")), out_specs=P())
 
     def varying(p, xb, yb):
-        grads, _ = rule.grad(net, parallel.as_varying(p, "data"), xb, yb)
+        grads, _, _ = rule.grad(net, parallel.as_varying(p, "data"), (), xb, yb)
         return jax.lax.pmean(grads, "data")
 
     def replicated(p, xb, yb):
-        grads, _ = rule.grad(net, p, xb, yb)
+        grads, _, _ = rule.grad(net, p, (), xb, yb)
         return jax.lax.pmean(grads, "data")
 
     out = {}

@@ -12,13 +12,17 @@ from flax import nnx
 
 import dualprop_jax as dp
 from dualprop_jax import rules
+from dualprop_jax.data import Dataset
+from dualprop_jax.data.pipeline import augment_batch
+from dualprop_jax.training.config import TrainConfig
+from dualprop_jax.training.steps import TrainState
 
 
 def _dataset(n_train=50, n_test=23, shape=(6,), classes=3, augment=False, seed=0):
     rng = np.random.default_rng(seed)
     x = lambda n: rng.standard_normal((n, *shape)).astype(np.float32)  # noqa: E731
     y = lambda n: rng.integers(0, classes, n).astype(np.int32)  # noqa: E731
-    return dp.Dataset("toy", x(n_train), y(n_train), x(7), y(7), x(n_test), y(n_test), classes,
+    return Dataset("toy", x(n_train), y(n_train), x(7), y(7), x(n_test), y(n_test), classes,
                       augment, "generated")  # fmt: skip
 
 
@@ -53,7 +57,7 @@ def test_augmented_batches_use_the_training_keys():
         epoch, i = divmod(g, 4)
         idx = np.random.default_rng([1, epoch + 1]).permutation(20)[:20].reshape(4, 5)[i]
         key = jax.random.fold_in(jax.random.key(1), g)
-        np.testing.assert_array_equal(xb, dp.augment_batch(key, ds.x_train[idx]))
+        np.testing.assert_array_equal(xb, augment_batch(key, ds.x_train[idx]))
     plain = next(dp.batches(ds, 5, seed=1, augment=False))[0]
     assert not np.array_equal(plain, got[0][0])
 
@@ -87,10 +91,10 @@ def test_train_step_is_the_rule_gradient_through_optax(rule):
     net, params, x, y = _step_problem()
     opt = optax.chain(optax.trace(0.9), optax.scale(-0.1))
     step = dp.make_train_step(net, rule, opt)
-    state = dp.TrainState.create(net, params, rule, opt)
+    state = TrainState.create(net, params, rule, opt)
     p, o = params, opt.init(params)
     for _ in range(3):
-        g, aux = rule.grad(net, p, x, y)
+        g, aux, _ = rule.grad(net, p, (), x, y)
         correct = int(jnp.sum(jnp.argmax(aux.logits, -1) == y))
         updates, o = opt.update(g, o, p)
         p = optax.apply_updates(p, updates)
@@ -105,14 +109,14 @@ def test_train_step_without_donate_leaves_the_callers_params_usable():
     net, params, x, y = _step_problem()
     rule, opt = rules.dual_prop(), optax.sgd(0.1)
     before = jax.tree.map(np.array, params)
-    state = dp.TrainState.create(net, params, rule, opt)
+    state = TrainState.create(net, params, rule, opt)
     new_state, _ = dp.make_train_step(net, rule, opt)(state, x, y)
     for leaf, copy in zip(jax.tree.leaves(params), jax.tree.leaves(before), strict=True):
         np.testing.assert_array_equal(np.asarray(leaf), copy)  # alive, and unchanged
     moved = jax.tree.map(lambda a, b: not np.array_equal(a, b), new_state.params, before)
     assert all(jax.tree.leaves(moved))  # the step did update
     # donate=True is opt-in and does what its docstring says: the input arrays are consumed
-    donated = dp.TrainState.create(net, jax.tree.map(jnp.copy, params), rule, opt)
+    donated = TrainState.create(net, jax.tree.map(jnp.copy, params), rule, opt)
     dp.make_train_step(net, rule, opt, donate=True)(donated, x, y)
     assert all(leaf.is_deleted() for leaf in jax.tree.leaves(donated.params))
 
@@ -122,7 +126,7 @@ def test_an_augmenting_step_asks_for_a_key():
                                   rngs=nnx.Rngs(0)))  # fmt: skip
     rule, opt = rules.dual_prop(), optax.sgd(0.1)
     step = dp.make_train_step(net, rule, opt, augment=True)
-    state = dp.TrainState.create(net, params, rule, opt)
+    state = TrainState.create(net, params, rule, opt)
     x, y = jnp.ones((4, 8, 8, 3)), jnp.arange(4) % 3
     with pytest.raises(ValueError, match=r"augment=True.*pass a key"):
         step(state, x, y)
@@ -131,17 +135,17 @@ def test_an_augmenting_step_asks_for_a_key():
 
 
 def test_train_config_holds_the_rule():
-    cfg = dp.TrainConfig(rule=rules.dual_prop(variant="dp", alpha=0.25, beta=0.1, passes=2))
+    cfg = TrainConfig(rule=rules.dual_prop(variant="dp", alpha=0.25, beta=0.1, passes=2))
     d = cfg.to_dict()
     assert d["rule"] == {"name": "dp", "alpha": 0.25, "beta": 0.1, "loss": "softmax_ce",
                          "schedule": "alternating", "passes": 2, "dtype": "float32",
                          "fast": False, "sweep": True, "unroll": None, "damped": False,
                          "power_iterations": 1, "feedback": "transpose",
                          "output": "linearised"}  # fmt: skip
-    assert dp.TrainConfig.from_dict(d) == cfg
-    assert dp.TrainConfig(rule="bp").rule == rules.backprop()
-    assert dp.TrainConfig(rule={"name": "dp_top", "beta": 0.5}).rule == rules.dual_prop(beta=0.5)
+    assert TrainConfig.from_dict(d) == cfg
+    assert TrainConfig(rule="bp").rule == rules.backprop()
+    assert TrainConfig(rule={"name": "dp_top", "beta": 0.5}).rule == rules.dual_prop(beta=0.5)
     with pytest.raises(ValueError, match="'bp' has no setting"):
-        dp.TrainConfig(rule={"name": "bp", "alpha": 0.5})
+        TrainConfig(rule={"name": "bp", "alpha": 0.5})
     with pytest.raises(ValueError, match="both 'rule' and the flat"):
-        dp.TrainConfig.from_dict({"rule": "bp", "beta": 0.1})
+        TrainConfig.from_dict({"rule": "bp", "beta": 0.1})

@@ -10,6 +10,7 @@ from _oracles import assert_each_leaf_near
 from flax import nnx
 
 import dualprop_jax as dp
+from dualprop_jax.core.nodes import transpose_feedback
 
 
 def _model(kind, dtype):
@@ -229,7 +230,7 @@ def test_feedback_dense_is_w_transpose_delta():
     net, params = dp.split(model)
     s_bar_1 = jax.random.normal(jax.random.key(0), (5, 4))
     delta_2 = jax.random.normal(jax.random.key(1), (5, 3))
-    fb = dp.feedback(net, params, 1, s_bar_1, delta_2)
+    fb = transpose_feedback(net, params, 1, s_bar_1, delta_2)
     W = np.asarray(params["layers"][1]["kernel"])  # (in, out): a = s W + b
     np.testing.assert_allclose(fb, np.asarray(delta_2) @ W.T, rtol=1e-5, atol=1e-6)
 
@@ -281,7 +282,7 @@ def test_feedback_conv_is_transposed_convolution(pool):
         s_bar_1 = np.random.default_rng(0).normal(size=(2, 8, 8, 3))
         out_hw = 4 if pool else 8
         d = np.random.default_rng(1).normal(size=(2, out_hw, out_hw, 4))
-        fb = dp.feedback(net, params, k, jnp.asarray(s_bar_1), jnp.asarray(d))
+        fb = transpose_feedback(net, params, k, jnp.asarray(s_bar_1), jnp.asarray(d))
         K = np.asarray(params["layers"][k]["kernel"])
         expected = _np_conv_transpose_same(d, K)
         if pool:

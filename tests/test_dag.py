@@ -10,7 +10,7 @@ from _oracles import assert_each_leaf_near
 from flax import nnx
 
 import dualprop_jax as dp
-from dualprop_jax import dyads, models, rules
+from dualprop_jax import core, models, rules
 
 # ------------------------------------------------------------------ the diamond, in closed form
 
@@ -89,8 +89,8 @@ def test_diamond_dyads_and_gradients_are_the_closed_form(variant, alpha):
         x = jax.random.normal(jax.random.key(0), (7, 5), jnp.float64)
         y = jnp.asarray([0, 1, 2, 0, 1, 2, 1])
         rule = rules.dual_prop(variant, alpha=alpha, beta=beta, dtype="float64")
-        got = dyads.infer_dyads(net, params, x, y, rule)
-        grads, aux = rule.grad(net, params, x, y)
+        got = core.infer_dyads(net, params, x, y, rule)
+        grads, aux, _ = rule.grad(net, params, (), x, y)
         W = [np.asarray(params["layers"][k]["kernel"]) for k in range(len(DIAMOND))]
         b = [np.asarray(params["layers"][k]["bias"]) for k in range(len(DIAMOND))]
         sp, sm, want = _diamond_by_hand(W, b, np.asarray(x), np.asarray(y), variant, alpha, beta)
@@ -185,8 +185,8 @@ def test_residual_gradient_tends_to_bp(
         y = jax.random.randint(jax.random.key(2), (6,), 0, 5)
         rule = rules.dual_prop(variant, alpha=alpha, beta=beta, passes=passes,
                                schedule=schedule, dtype="float64")  # fmt: skip
-        g_dp, _ = rule.grad(net, params, x, y)
-        g_bp, _ = rules.backprop(dtype="float64").grad(net, params, x, y)
+        g_dp, _, _ = rule.grad(net, params, (), x, y)
+        g_bp, _, _ = rules.backprop(dtype="float64").grad(net, params, (), x, y)
         if alpha == 0.5 and variant == "dp" and (passes == 0 or downsample == "conv_pool"):
             # oracle for the BP side: raw jax.grad through the NNX module itself
             graphdef, _ = nnx.split(model)
@@ -211,10 +211,9 @@ def test_fast_path_on_a_residual_net_is_bp_to_second_order():
         params = _randomised(params, jax.random.key(4))
         x = jax.random.normal(jax.random.key(1), (6, 8, 8, 2), jnp.float64)
         y = jax.random.randint(jax.random.key(2), (6,), 0, 5)
-        g_fast, _ = rules.dual_prop("dp_top", fast=True, beta=1e-3, dtype="float64").grad(
-            net, params, x, y
-        )
-        g_bp, _ = rules.backprop(dtype="float64").grad(net, params, x, y)
+        fast = rules.dual_prop("dp_top", fast=True, beta=1e-3, dtype="float64")
+        g_fast, _, _ = fast.grad(net, params, (), x, y)
+        g_bp, _, _ = rules.backprop(dtype="float64").grad(net, params, (), x, y)
         assert_each_leaf_near(g_fast, g_bp, 1e-14, 1e-10)
 
 
@@ -236,7 +235,8 @@ def test_a_chain_written_as_a_graph_is_bit_identical_to_the_chain():
     y = jnp.asarray([0, 1, 2, 3])
     for rule in (rules.dual_prop("dp_top"), rules.dual_prop("dp", passes=2, alpha=0.3),
                  rules.dual_prop("dp_top", fast=True), rules.backprop()):  # fmt: skip
-        chex.assert_trees_all_equal(rule.grad(net_c, params, x, y), rule.grad(net_g, params, x, y))
+        chain_out, graph_out = (rule.grad(n, params, (), x, y) for n in (net_c, net_g))
+        chex.assert_trees_all_equal(chain_out, graph_out)
     chex.assert_trees_all_equal(chain(x), as_graph(x))
 
 
@@ -246,8 +246,8 @@ def test_rules_defined_for_chains_only_say_so_on_a_graph():
     for rule in (rules.damped_dual_prop(), rules.kolen_pollack(), rules.equilibrium_prop(),
                  rules.chl()):  # fmt: skip
         with pytest.raises(ValueError, match="defined for layered chains only"):
-            state = rule.init(net, rule.init_params(net, params, jax.random.key(0)))
-            rule.grad(net, params, x, y, state) if rule.stateful else rule.grad(net, params, x, y)
+            rule.init(net, rule.init_params(net, params, jax.random.key(0)))
+            rule.grad(net, params, rule.init(net, params), x, y)
 
 
 def test_graph_steps_compile_once():
@@ -259,7 +259,7 @@ def test_graph_steps_compile_once():
     @jax.jit
     def step(p, x, y):
         traces.append(1)
-        return rule.grad(net, p, x, y)[0]
+        return rule.grad(net, p, (), x, y)[0]
 
     for i in range(3):
         x = jax.random.normal(jax.random.key(i), (4, 5))

@@ -19,7 +19,8 @@ import pytest
 from flax import nnx
 
 import dualprop_jax as dp
-from dualprop_jax import energy, rules
+from dualprop_jax import rules
+from dualprop_jax.core import energy
 
 T = 80
 """Steps of every phase in the converged-phase tests: the nets below contract by ≲ 0.5 a step
@@ -171,7 +172,7 @@ def _true_grad(drive, net, params, x, y, loss, steps=2 * T):
 
 
 def _grad_fn(net):
-    return jax.jit(lambda rule, p, x, y: rule.grad(net, p, x, y))
+    return jax.jit(lambda rule, p, x, y: rule.grad(net, p, (), x, y)[:2])
 
 
 def _flat(tree):
@@ -422,7 +423,7 @@ def test_beta_is_traced_one_compilation_serves_every_beta():
         @jax.jit
         def grad_fn(rule, p, x, y):
             traces["ep"] += 1
-            return rule.grad(net, p, x, y)
+            return rule.grad(net, p, (), x, y)[:2]
 
         rule = rules.equilibrium_prop(free_steps=20, nudged_steps=5, dtype="float64")
         for beta in (0.5, 0.1):
@@ -432,7 +433,7 @@ def test_beta_is_traced_one_compilation_serves_every_beta():
                 np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-13)
             np.testing.assert_allclose(aux.loss, aux_public.loss, rtol=1e-12)
         # eagerly (no outer jit), at the second β: the one a stale compiled β would get wrong
-        g_eager, _ = rule.replace(beta=0.1).grad(net, params, x, y)
+        g_eager, _, _ = rule.replace(beta=0.1).grad(net, params, (), x, y)
         for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g_eager), strict=True):
             np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-13)
     assert traces == {"ep": 1}

@@ -15,6 +15,7 @@ from flax import nnx
 
 import dualprop_jax as dp
 from dualprop_jax import rules
+from dualprop_jax.training.config import TrainConfig
 
 B, CLASSES = 6, 5
 
@@ -156,11 +157,11 @@ def test_pooled_layout_one_sweep_equals_the_official_conventions(variant):
         for k in range(1, net.num_maps + 1):
             assert dy.s_plus[k].shape == sp[k].shape  # states are stored pooled
             assert _rel(dy.s_plus[k], sp[k]) < EXACT and _rel(dy.s_minus[k], sm[k]) < EXACT
-        grads, _ = rule.grad(net, params, x, y)
+        grads, _, _ = rule.grad(net, params, (), x, y)
         assert _max_rel(grads["layers"], dict(enumerate(g))) < EXACT
         # the test can tell the layouts apart: the default layout's gradient differs here
         net_u, params_u = _cnn("unpooled")
-        grads_u, _ = rule.grad(net_u, params_u, x, y)
+        grads_u, _, _ = rule.grad(net_u, params_u, (), x, y)
         assert _max_rel(grads_u["layers"], dict(enumerate(g))) > 1e-6
 
 
@@ -174,11 +175,11 @@ def test_layouts_agree_on_the_forward_pass_bp_and_the_beta_to_zero_limit():
             net_p.forward(params_p, x), net_u.forward(params_u, x), rtol=EXACT, atol=1e-14
         )
         bp = rules.backprop(dtype="float64")
-        g_p, g_u = bp.grad(net_p, params_p, x, y)[0], bp.grad(net_u, params_u, x, y)[0]
+        g_p, g_u = bp.grad(net_p, params_p, (), x, y)[0], bp.grad(net_u, params_u, (), x, y)[0]
         assert _max_rel(g_p, g_u) < EXACT
         # β → 0: both layouts' DP⊤ gradients tend to BP (α = ½: O(β²); bounds of test_core)
         for net, params in ((net_p, params_p), (net_u, params_u)):
-            g = rules.dual_prop(beta=1e-3, dtype="float64").grad(net, params, x, y)[0]
+            g = rules.dual_prop(beta=1e-3, dtype="float64").grad(net, params, (), x, y)[0]
             for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g_p), strict=True):
                 cos = np.vdot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b))
                 assert 1 - cos < 1e-14 and abs(np.linalg.norm(a) / np.linalg.norm(b) - 1) < 1e-10
@@ -241,7 +242,7 @@ def test_output_nudge_follows_each_variants_definition(variant):
             assert _rel(dy.s_minus[k], runs[own][1][k]) < EXACT
         gap = max(_rel(dy.s_plus[k], runs[other][0][k]) for k in (1, 2, 3))
         assert gap > 1e-5, gap
-        grads, _ = rule.grad(net, params, x, y)
+        grads, _, _ = rule.grad(net, params, (), x, y)
         assert _max_rel(grads["layers"], dict(enumerate(runs[own][2]))) < EXACT
 
 
@@ -291,12 +292,12 @@ def test_unroll_changes_the_program_not_the_result(schedule):
         base = rules.dual_prop(
             "dp", alpha=0.3, beta=0.5, passes=6, schedule=schedule, unroll=1, dtype="float64"
         )
-        ref, _ = base.grad(net, params, x, y)
+        ref, _, _ = base.grad(net, params, (), x, y)
         for unroll in (4, 6, None):
-            g, _ = base.replace(unroll=unroll).grad(net, params, x, y)
+            g, _, _ = base.replace(unroll=unroll).grad(net, params, (), x, y)
             assert _max_rel(g, ref) < EXACT
         # and the passes matter: one pass fewer is a different gradient
-        g5, _ = base.replace(passes=5).grad(net, params, x, y)
+        g5, _, _ = base.replace(passes=5).grad(net, params, (), x, y)
         assert _max_rel(g5, ref) > 1e-6
 
 
@@ -350,7 +351,7 @@ def test_pooled_layout_trains_with_optax_on_a_fixed_batch():
 
 
 def _sgd(rule, net, opt, p, s, x, y):
-    g, aux = rule.grad(net, p, x, y)
+    g, aux, _ = rule.grad(net, p, (), x, y)
     u, s = opt.update(g, s, p)
     return optax.apply_updates(p, u), s, aux.loss
 
@@ -364,13 +365,13 @@ def test_command_line_names_the_layout_and_the_published_schedule():
     cfg = cli.config_from_args(cli._parser().parse_args(argv))
     assert cfg.layout == "pooled"
     assert cfg.rule == rules.dual_prop(passes=15, schedule="bottom_up", sweep=False, unroll=5)
-    assert dp.TrainConfig.from_dict(cfg.to_dict()) == cfg
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg
     # the config builds the pooled network: conv → pool inside the conv maps
     model = build_model(cfg, (28, 28, 1), 10, nnx.Rngs(0))
     assert [getattr(m, "pool_output", False) for m in model.layers] == [True, True, False, False]
     assert not any(getattr(m, "pool_input", False) for m in model.layers)
     with pytest.raises(ValueError, match="layout"):
-        dp.TrainConfig(layout="official")
+        TrainConfig(layout="official")
     # the default stays the unpooled layout and the default rule sweeps
     default = cli.config_from_args(cli._parser().parse_args(["train"]))
     assert default.layout == "unpooled" and default.rule.sweep

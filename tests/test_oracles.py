@@ -19,8 +19,12 @@ from flax import nnx
 
 import dualprop_jax as dp
 from dualprop_jax import rules
+from dualprop_jax.data import Dataset
+from dualprop_jax.data.pipeline import augment_batch
 from dualprop_jax.training import steps
+from dualprop_jax.training.checkpoints import load_checkpoint
 from dualprop_jax.training.config import TrainConfig
+from dualprop_jax.training.steps import TrainState
 
 HERE = pathlib.Path(__file__).parent
 
@@ -234,7 +238,7 @@ def test_multi_pass_dyads_of_conv_pool_net_equal_numpy_closed_form(
 # ---------------------------------------------------------------- best-validation parameters
 
 
-def _generated_dataset(seed: int) -> dp.Dataset:
+def _generated_dataset(seed: int) -> Dataset:
     """3 noisy linear classes in 8 dimensions: 64 train, 40 validation, 60 test examples."""
     rng = np.random.default_rng(seed)
     w = rng.standard_normal((8, 3))
@@ -245,7 +249,7 @@ def _generated_dataset(seed: int) -> dp.Dataset:
         return x, y
 
     (x_train, y_train), (x_val, y_val), (x_test, y_test) = split(64), split(40), split(60)
-    return dp.Dataset(
+    return Dataset(
         name="toy",
         x_train=x_train,
         y_train=y_train,
@@ -286,8 +290,8 @@ def test_test_accuracy_is_that_of_the_best_validation_epoch_not_the_last(tmp_pat
     assert results["best_epoch"] == best
     assert results["best_val_accuracy"] == max(val)
 
-    net, at_best, _ = dp.load_checkpoint(workdir, epoch=best)
-    _, at_last, _ = dp.load_checkpoint(workdir)
+    net, at_best, _ = load_checkpoint(workdir, epoch=best)
+    _, at_last, _ = load_checkpoint(workdir)
     best_params, last_params = at_best["params"], at_last["params"]
     # epoch 2's parameters reproduce epoch 2's validation accuracy of metrics.csv
     assert dp.evaluate(net, best_params, ds, split="val")["accuracy"] == val[best - 1]
@@ -367,7 +371,7 @@ def test_constant_schedule_is_constant():
 
 
 SEED = 5
-_augment = jax.jit(dp.augment_batch)  # the one-device oracle (compiled: quicker than eager)
+_augment = jax.jit(augment_batch)  # the one-device oracle (compiled: quicker than eager)
 
 
 @pytest.fixture(scope="module")
@@ -416,7 +420,7 @@ def test_four_device_augmenting_step_equals_one_device_step_on_the_augmented_bat
     np.testing.assert_array_equal(got["x"], x)
     x, y = jnp.asarray(x), jnp.asarray(y)
     step = dp.make_train_step(net, rule, optimizer)
-    start = dp.TrainState.create(net, params, rule, optimizer)
+    start = TrainState.create(net, params, rule, optimizer)
     state, _ = step(start, _augment(jax.random.key(SEED), x), y)
     # and the step on the un-augmented batch is different: augmentation changed the update
     plain, _ = step(start, x, y)

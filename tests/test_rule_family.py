@@ -48,7 +48,7 @@ def _accuracy_by_hand(net, params, rule, x, y) -> float:
     for i in range(0, len(x), 500):
         xb = jnp.asarray(x[i : i + 500])
         if isinstance(rule, rules.EquilibriumProp | rules.ContrastiveHebbian):
-            y_hat = dp.energy.free_phase(net, params, xb, rule)[-1]
+            y_hat = dp.core.energy.free_phase(net, params, xb, rule)[-1]
         else:
             y_hat = net.forward(params, xb)
         correct += int(jnp.sum(jnp.argmax(y_hat, -1) == jnp.asarray(y[i : i + 500])))
@@ -113,7 +113,7 @@ def test_evaluate_uses_the_rules_prediction_and_loss():
     x, y = np.asarray(ds.images("test", np.arange(400)), np.float32), np.asarray(y[:400])
     rule = rules.equilibrium_prop(free_steps=20, nudged_steps=5)
     got = steps.evaluate(net, params, (x, y), rule=rule, batch_size=128)
-    s_L = dp.energy.free_phase(net, params, jnp.asarray(x), rule)[-1]
+    s_L = dp.core.energy.free_phase(net, params, jnp.asarray(x), rule)[-1]
     t = jax.nn.one_hot(y, 10)
     want_loss = float(jnp.mean(per_example_loss("squared_error", s_L, t)))
     want_acc = int(jnp.sum(jnp.argmax(s_L, -1) == y)) / len(y)

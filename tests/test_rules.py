@@ -4,7 +4,6 @@ shares (state included), and the hand-written data-parallel recipes over a rule'
 from __future__ import annotations
 
 import collections
-import dataclasses
 import pathlib
 from typing import ClassVar
 
@@ -18,6 +17,7 @@ from flax import nnx
 
 import dualprop_jax as dp
 from dualprop_jax import rules
+from dualprop_jax.training.steps import TrainState
 
 HERE = pathlib.Path(__file__).resolve().parent
 
@@ -49,14 +49,14 @@ def test_alpha_beta_sweep_traces_once_per_static_structure():
     @jax.jit
     def grad_fn(rule, params, x, y):
         traces[rule.name] += 1
-        return rule.grad(net, params, x, y)
+        return rule.grad(net, params, (), x, y)[:2]
 
     for variant in ("dp_top", "dp"):
         for beta in (1.0, 0.1, 0.01, 1e-3, 1e-4):
             for alpha in (0.0, 0.5, 1.0):
                 rule = rules.dual_prop(variant=variant, alpha=alpha, beta=beta)
                 g, aux = grad_fn(rule, params, x, y)
-                g_ref, aux_ref = rule.grad(net, params, x, y)
+                g_ref, aux_ref, _ = rule.grad(net, params, (), x, y)
                 # f32: δ = O(β) is a difference of O(1) states, so rounding costs ~1e-7/β
                 assert _rel_err(g, g_ref) < 1e-6 + 2e-7 / beta, (variant, alpha, beta)
                 np.testing.assert_allclose(aux.loss, aux_ref.loss, rtol=1e-6)
@@ -87,9 +87,9 @@ def test_beta_vmap_equals_one_rule_per_beta():
     net, params, x, y = _problem(1)
     betas = jnp.asarray([0.5, 0.05, 0.005])
     rule = rules.dual_prop(variant="dp", alpha=0.25)
-    g_all, _ = jax.vmap(lambda b: rule.replace(beta=b).grad(net, params, x, y))(betas)
+    g_all, _, _ = jax.vmap(lambda b: rule.replace(beta=b).grad(net, params, (), x, y))(betas)
     for i, b in enumerate(np.asarray(betas)):
-        g_ref, _ = rule.replace(beta=float(b)).grad(net, params, x, y)
+        g_ref, _, _ = rule.replace(beta=float(b)).grad(net, params, (), x, y)
         assert _rel_err(jax.tree.map(lambda g, i=i: g[i], g_all), g_ref) < 1e-5
 
 
@@ -103,7 +103,7 @@ def _raw_loss(net, params, x, y):
 def test_backprop_rule_is_jax_grad_of_the_mean_loss():
     """Oracle: raw JAX, jax.grad of the batch-mean softmax cross-entropy of the NNX module."""
     net, params, x, y = _problem(2)
-    g, aux = rules.backprop().grad(net, params, x, y)
+    g, aux, _ = rules.backprop().grad(net, params, (), x, y)
     assert _rel_err(g, jax.grad(_raw_loss, argnums=1)(net, params, x, y)) < 1e-5
     np.testing.assert_allclose(aux.loss, _raw_loss(net, params, x, y), rtol=1e-6)
 
@@ -117,7 +117,7 @@ def test_dual_prop_rule_calls_the_core():
     ):
         core = dp.fast_grad if rule.fast else dp.contrastive_grad
         g_core, _ = core(net, params, x, y, rule)
-        assert _rel_err(rule.grad(net, params, x, y)[0], g_core) < 1e-5
+        assert _rel_err(rule.grad(net, params, (), x, y)[0], g_core) < 1e-5
 
 
 def test_names_dicts_and_labels_round_trip():
@@ -159,26 +159,21 @@ def test_a_stateful_rule_plugs_into_the_train_step():
     """The interface later rules need: ``init`` gives a state, ``grad`` threads it, the train
     step carries it. Oracle: BP driven through optax by hand, and a counter of the steps."""
 
-    @rules.register
-    @dataclasses.dataclass(frozen=True)
+    @rules.ruleclass
     class CountingBP(rules.Backprop):
-        stateful: ClassVar[bool] = True
+        name: ClassVar[str] = "counting_bp_test"
 
         def init(self, net, params):
             return jnp.zeros((), jnp.int32)
 
-        def grad(self, net, params, x, y, state=None):
-            if state is None:
-                return super().grad(net, params, x, y, state)
-            grads, aux = self._grad(net, params, x, y)
+        def grad(self, net, params, state, x, y):
+            grads, aux, _ = super().grad(net, params, state, x, y)
             return grads, aux, state + 1
 
     net, params, x, y = _problem(4)
     rule, opt = CountingBP(), optax.sgd(0.1)
-    with pytest.raises(ValueError, match="carries state"):
-        rule.grad(net, params, x, y)
     step = dp.make_train_step(net, rule, opt)
-    state = dp.TrainState.create(net, params, rule, opt)
+    state = TrainState.create(net, params, rule, opt)
     p_ref, o_ref = params, opt.init(params)
     for _ in range(3):
         state, _ = step(state, x, y)
@@ -198,7 +193,7 @@ def test_pmap_and_shard_map_recipes_equal_the_one_device_gradient(tmp_path):
     rng = np.random.default_rng(7)
     x = rng.standard_normal((32, 12)).astype(np.float32)
     y = (np.arange(32) % 5).astype(np.int32)
-    g_ref, _ = rules.dual_prop(alpha=0.3, beta=0.05).grad(net, params, x, y)
+    g_ref, _, _ = rules.dual_prop(alpha=0.3, beta=0.05).grad(net, params, (), x, y)
     flat = jax.tree_util.tree_flatten_with_path(g_ref)[0]
     for path, ref in flat:
         name = jax.tree_util.keystr(path)

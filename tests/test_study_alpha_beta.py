@@ -5,7 +5,7 @@ Oracles:
 - with one sweep at α = ½, DP and DP⊤ are the same rule (ALGORITHM.md), so every seed of the
   two cells must reach the same accuracy and loss: a swapped coefficient or a cell trained
   with another cell's rule or seed breaks it;
-- the study's fixed-point diagnostic at initialisation equals ``dyads.pass_residuals`` called
+- the study's fixed-point diagnostic at initialisation equals ``core.pass_residuals`` called
   directly on the seed-0 weights and the same images (the study's plumbing: right weights,
   rule and data).
 """
@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from dualprop_jax import dyads, models, rules
+from dualprop_jax import core, models, rules
 
 STUDIES = pathlib.Path(__file__).resolve().parent.parent / "experiments" / "studies"
 
@@ -87,5 +87,5 @@ def test_the_diagnostic_is_the_library_pass_residual_at_the_seed_zero_weights(qu
     n = study.QUICK["diag_images"]
     net, params = models.split(models.mlp(widths, rngs=nnx.Rngs(settings["seeds"][0])))
     rule = rules.dual_prop("dp", alpha=1.0, beta=entry["beta"], **settings["schedules"][schedule])
-    want = dyads.pass_residuals(net, params, x[:n], y[:n], rule, study.DIAG_PASSES)
+    want = core.pass_residuals(net, params, x[:n], y[:n], rule, study.DIAG_PASSES)
     np.testing.assert_allclose(entry["init"]["residual"], np.asarray(want["residual"]), rtol=1e-4)

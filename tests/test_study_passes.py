@@ -81,7 +81,7 @@ def test_cosine_at_init_matches_raw_autodiff_and_the_order_in_beta(quick):
     g_bp = jax.jit(jax.grad(loss))(params)
     for label, variant, alpha in passes.rules_of(s):
         rule = passes.make_rule(variant, alpha, "alternating", 0)
-        g = jax.jit(lambda p, rule=rule: rule.grad(net, p, x_cos, y_cos)[0])(params)
+        g = jax.jit(lambda p, rule=rule: rule.grad(net, p, (), x_cos, y_cos)[0])(params)
         cos = []
         for k in sorted(g["layers"]):
             a = np.concatenate([np.ravel(v) for v in jax.tree.leaves(g["layers"][k])])

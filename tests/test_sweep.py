@@ -4,7 +4,7 @@ Oracles:
 - one cell of a stacked grid trains exactly as the library's own single-model train step
   (``make_train_step``) does on the same batches: vmap must not mix cells or reorder data;
 - ``first_nonfinite`` against a hand-made loss array;
-- ``dyads.pass_residuals`` against the differences of ``infer_dyads`` run with p and p-1 passes;
+- ``core.pass_residuals`` against the differences of ``infer_dyads`` run with p and p-1 passes;
 """
 
 import jax
@@ -14,7 +14,7 @@ import optax
 import pytest
 from flax import nnx
 
-from dualprop_jax import dyads, models, rules
+from dualprop_jax import core, models, rules
 from dualprop_jax.training import sweep
 from dualprop_jax.training.steps import TrainState, make_train_step
 
@@ -114,14 +114,14 @@ def test_pass_residuals_are_the_steps_between_consecutive_pass_counts(
     x, y = _data()
     net, params = _net(0)
     base = dict(alpha=1.0, beta=0.7, schedule=schedule, sweep=sweep_first, unroll=1)
-    out = dyads.pass_residuals(
+    out = core.pass_residuals(
         net, params, x, y, rules.dual_prop(variant, passes=1, **base), passes=3
     )
 
     def states(p):
         """Dyads of layers 1..L after p passes, by the library's own inference."""
         cfg = rules.dual_prop(variant, passes=p, **base) if p else rules.dual_prop(variant)
-        d = dyads.infer_dyads(net, params, x, y, cfg.replace(alpha=1.0, beta=0.7))
+        d = core.infer_dyads(net, params, x, y, cfg.replace(alpha=1.0, beta=0.7))
         return d.s_plus[1:] + d.s_minus[1:]
 
     # with the sweep, pass 1 starts from the one-sweep dyads (passes = 0); without it (fwK)

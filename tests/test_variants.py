@@ -16,10 +16,15 @@ import pytest
 from flax import nnx
 
 import dualprop_jax as dp
-from dualprop_jax import dyads, rules
+from dualprop_jax import core, rules
 
 B, CLASSES = 6, 3
 
+
+
+def _jit_grad(net, x, y):
+    """``(rule, params, state) -> rule.grad(net, params, state, x, y)``, jitted."""
+    return jax.jit(lambda r, p, s: r.grad(net, p, s, x, y))
 
 def _data(shape, seed=1, classes=CLASSES):
     rng = np.random.default_rng(seed)
@@ -198,7 +203,7 @@ def test_damped_with_every_gamma_at_most_one_is_bit_identical_to_plain_dp(kind, 
         assert 0.7 < min(float(v) for v in gammas.values())
         assert max(float(v) for v in gammas.values()) < 0.9
         g_plain, aux_plain = dp.contrastive_grad(net, params, x, y, plain)
-        g_damped, aux_damped, new_state = dyads.damped_grad(net, params, x, y, damped, state)
+        g_damped, aux_damped, new_state = _jit_grad(net, x, y)(damped, params, state)
         assert _bit_equal(g_damped, g_plain)
         assert _bit_equal(aux_damped, aux_plain)
         assert jax.tree.structure(new_state) == jax.tree.structure(state)
@@ -226,11 +231,11 @@ def test_damped_dyads_equal_the_closed_form_with_numpy_svd_norms(variant, passes
         state = rule.init(net, params)
         L = {k: max(0.0, (_sigma_max(params["layers"][k]["kernel"]) ** 2 - 1) / 2) for k in (1, 2)}
         sp, sm, g = _np_dyads(params, x, y, variant, alpha, beta, passes=passes, damping=L)
-        dy = dp.infer_dyads(net, params, x, y, rule, state)
+        dy = jax.jit(lambda r, p, s: r.infer(net, p, s, x, y))(rule, params, state)
         # power iteration converges to ~1e-13 here (50 + 1 steps, well separated σ's)
         for k in range(1, 4):
             assert _rel(dy.s_plus[k], sp[k]) < 1e-9 and _rel(dy.s_minus[k], sm[k]) < 1e-9
-        grads, _, _ = rule.grad(net, params, x, y, state)
+        grads, _, _ = rule.grad(net, params, state, x, y)
         assert _max_rel(grads["layers"], g) < 1e-9
         # the oracle tells damping from none: undamped numpy dyads are far off
         sp0, _, _ = _np_dyads(params, x, y, variant, alpha, beta, passes=passes)
@@ -267,7 +272,9 @@ def test_damped_fixed_point_equals_the_undamped_fixed_point(variant, alpha, beta
 
         def run(passes):
             dy_p = dp.infer_dyads(net, params, x, y, plain.replace(passes=passes))
-            dy_d = dp.infer_dyads(net, params, x, y, damped.replace(passes=passes), state)
+            dy_d = jax.jit(lambda r, p, s: r.infer(net, p, s, x, y))(
+                damped.replace(passes=passes), params, state
+            )
             return dy_p, dy_d
 
         dy_p, dy_d = run(0)
@@ -282,7 +289,7 @@ def test_damped_fixed_point_equals_the_undamped_fixed_point(variant, alpha, beta
             np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
         assert _max_rel(hebbian(dy_d), hebbian(dy_p)) < 1e-9
         # ... and the library's gradient is the Hebbian one at those dyads
-        grads, _, _ = dyads.damped_grad(net, params, x, y, damped.replace(passes=300), state)
+        grads, _, _ = _jit_grad(net, x, y)(damped.replace(passes=300), params, state)
         assert _max_rel(grads["layers"], hebbian(dy_p)) < 1e-9
 
 
@@ -329,13 +336,13 @@ def test_power_iteration_is_within_one_percent_of_the_spectral_norm():
             conv = dp.Conv(2, 3, kernel_size=5, rngs=nnx.Rngs(1), param_dtype=jnp.float64, **pools)
             net, params = _with_biases(dp.split(dp.Network([conv], input_shape=in_shape)))
             exact = _sigma_max(_conv_matrix(params["layers"][0]["kernel"], grid))
-            gamma = float(dyads.spectral_norm(net, params, 0, dtype=jnp.float64))
+            gamma = float(core.spectral_norm(net, params, 0, dtype=jnp.float64))
             print(pools, gamma, exact)
             assert abs(gamma / exact - 1) < 0.01 and gamma <= exact * (1 + 1e-12)
         # dense: a map with a flat (30,) input and a γ of 20 iterations
         net, params = _mlp((5, 30, 20, 4))
         exact = _sigma_max(params["layers"][1]["kernel"])
-        assert abs(float(dyads.spectral_norm(net, params, 1, 20, jnp.float64)) / exact - 1) < 0.01
+        assert abs(float(core.spectral_norm(net, params, 1, 20, jnp.float64)) / exact - 1) < 0.01
 
 
 def test_damped_rule_state_and_errors():
@@ -346,7 +353,7 @@ def test_damped_rule_state_and_errors():
     net, params = _cnn()
     rule = rules.damped_dual_prop("dp_top", power_iterations=2)
     state = rule.init(net, params)
-    assert isinstance(state, dyads.DampingState)
+    assert isinstance(state, core.DampingState)
     assert {k: v.shape for k, v in state.vectors.items()} == {
         1: (1, 4, 4, 3),
         2: (1, 16),
@@ -357,14 +364,14 @@ def test_damped_rule_state_and_errors():
     net_m, params_m = dp.split(dp.mlp((6, 8, 7, CLASSES), rngs=nnx.Rngs(2)))
     x, y = _data((B, 6))
     x = x.astype(jnp.float32)
-    step = jax.jit(lambda p, s: rule.grad(net_m, p, x, y, s))
+    step = jax.jit(lambda p, s: rule.grad(net_m, p, s, x, y))
     state = rule.init(net_m, params_m)
     _, _, state2 = step(params_m, state)
     _, _, state3 = step(params_m, state2)
     assert step._cache_size() == 1
     assert jax.tree.structure(state3) == jax.tree.structure(state)
     with pytest.raises(ValueError, match="state"):
-        rule.grad(net_m, params_m, x, y)
+        rule.grad(net_m, params_m, (), x, y)
     with pytest.raises(ValueError, match="damped"):
         dp.contrastive_grad(net_m, params_m, x, y, rule)
     # a hand-built Network: dense maps need no input_shape, conv maps do
@@ -406,8 +413,8 @@ def test_kp_with_b_equal_to_w_is_dp(kind, variant, passes):
         kp_params["feedback"] = {
             k: {"kernel": params["layers"][k]["kernel"]} for k in kp_params["feedback"]
         }
-        g_plain, aux_plain = jax.jit(lambda p: plain.grad(net, p, x, y))(params)
-        g_kp, aux_kp = jax.jit(lambda p: kp.grad(net, p, x, y))(kp_params)
+        g_plain, aux_plain, _ = jax.jit(lambda p: plain.grad(net, p, (), x, y))(params)
+        g_kp, aux_kp, _ = jax.jit(lambda p: kp.grad(net, p, (), x, y))(kp_params)
         assert jax.tree.structure(g_kp) == jax.tree.structure(kp_params)
         assert _max_rel(g_kp["layers"], g_plain["layers"]) < EXACT
         np.testing.assert_array_equal(aux_kp.logits, aux_plain.logits)
@@ -439,7 +446,7 @@ def test_kp_feedback_is_b_transpose_delta(variant):
             dy = dp.infer_dyads(net, kp_params, x, y, rule)
             for k in range(1, 4):
                 assert _rel(dy.s_plus[k], sp[k]) < EXACT and _rel(dy.s_minus[k], sm[k]) < EXACT
-            grads, _ = rule.grad(net, kp_params, x, y)
+            grads, _, _ = rule.grad(net, kp_params, (), x, y)
             assert _max_rel(grads["layers"], g) < EXACT
             for k in (1, 2):
                 np.testing.assert_allclose(
@@ -466,7 +473,7 @@ def test_kp_init_params_and_errors():
         assert abs(float(rule.metrics(net, kp_params, ())[f"kp_angle/{k}"]) - 90) < 2
     x, y = _data((B, 400))
     with pytest.raises(ValueError, match="init_params"):
-        rule.grad(net, params, x.astype(jnp.float32), y)
+        rule.grad(net, params, (), x.astype(jnp.float32), y)
 
 
 def test_kp_angle_to_w_shrinks_during_training(fmnist_raw):
@@ -488,7 +495,7 @@ def test_kp_angle_to_w_shrinks_during_training(fmnist_raw):
 
     @jax.jit
     def step(params, opt_state, xb, yb):
-        g, aux = rule.grad(net, params, xb, yb)
+        g, aux, _ = rule.grad(net, params, (), xb, yb)
         updates, opt_state = opt.update(g, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, aux.loss
 
@@ -560,7 +567,7 @@ def test_exact_output_is_the_stationary_point_of_the_output_objectives(variant, 
         )
         for k in range(1, L + 1):
             assert _rel(dy.s_plus[k], sp[k]) < EXACT and _rel(dy.s_minus[k], sm[k]) < EXACT
-        assert _max_rel(rule.grad(net, params, x, y)[0]["layers"], g) < EXACT
+        assert _max_rel(rule.grad(net, params, (), x, y)[0]["layers"], g) < EXACT
         # not the linearised nudge: at β = 0.5 the two outputs differ visibly
         lin = dp.infer_dyads(net, params, x, y, rule.replace(output="linearised"))
         assert _rel(lin.s_minus[L], dy.s_minus[L]) > 1e-3
@@ -582,7 +589,7 @@ def test_exact_output_tends_to_bp_as_beta_tends_to_zero(variant):
             rule = rules.dual_prop(
                 variant, 0.5, beta, loss="squared_error", output="exact", dtype="float64"
             )
-            g, _ = rule.grad(net, params, x, y)
+            g, _, _ = rule.grad(net, params, (), x, y)
             cos = dp.alignment(g, bp)["cosine"]
             errors.append(_max_rel(g, bp))
             if beta == 1e-3:

@@ -19,7 +19,7 @@ cell of seed k. Reported per cell: test accuracy (10 000 test images) after the 
 over seeds; how many seeds diverged (a non-finite training loss) and at which step/epoch.
 
 Inference diagnostic: whether the multi-pass fixed-point iteration of the dyads converges.
-:func:`dualprop_jax.dyads.pass_residuals` runs 16 bottom-up passes from the fw16 start on 1000
+:func:`dualprop_jax.core.pass_residuals` runs 16 bottom-up passes from the fw16 start on 1000
 training images and returns r_p = ‖S_p − S_{p−1}‖ (S_p all dyads after pass p). The table
 reports ρ = (r_16 / r_8)^(1/8), the per-pass contraction factor late in the iteration (the
 spectral radius of the pass's linearisation where the iteration settles): ρ < 1 (or r = 0)
@@ -46,7 +46,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from dualprop_jax import dyads, models, rules
+from dualprop_jax import core, models, rules
 from dualprop_jax.training import sweep
 
 STUDY = "alpha_beta"
@@ -138,7 +138,7 @@ def diagnose(net, grid_rules, params, x, y) -> list[dict]:
     axes = jax.tree.map(lambda _: 0, grid)
     fn = jax.jit(
         jax.vmap(
-            lambda rule, p: dyads.pass_residuals(net, p, x, y, rule, DIAG_PASSES),
+            lambda rule, p: core.pass_residuals(net, p, x, y, rule, DIAG_PASSES),
             in_axes=(axes, 0),
         )
     )

@@ -59,7 +59,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from dualprop_jax import dyads, models, rules
+from dualprop_jax import core, models, rules
 
 STUDY = "beta_alignment"
 TITLE = "β → 0: alignment of the DP, DP⊤ and fast-path gradients with BP"
@@ -111,13 +111,13 @@ QUICK = dict(
 @functools.partial(jax.jit, static_argnames=("net",))
 def grads_over(net, grid, params, x, y):
     """The gradient of every cell of a stacked rule (leaves of shape (M,)): a tree of (M, ...)."""
-    return jax.vmap(lambda rule: rule.grad(net, params, x, y)[0])(grid)
+    return jax.vmap(lambda rule: rule.grad(net, params, (), x, y)[0])(grid)
 
 
 @functools.partial(jax.jit, static_argnames=("net",))
 def grad_of(net, rule, params, x, y):
     """One rule's gradient, jitted (``Backprop.grad`` itself runs eagerly)."""
-    return rule.grad(net, params, x, y)[0]
+    return rule.grad(net, params, (), x, y)[0]
 
 
 def host(tree) -> list[np.ndarray]:
@@ -144,12 +144,12 @@ def one_minus_cos(g, ref) -> np.ndarray:
 
 def alignment_over(g_tree, ref_tree) -> tuple[dict, dict]:
     """Per-leaf cosine and norm ratio of every cell of the stacked ``g_tree`` against
-    ``ref_tree`` in float64 (:func:`dualprop_jax.dyads.alignment`, cell by cell), 1 − cos per
+    ``ref_tree`` in float64 (:func:`dualprop_jax.core.alignment`, cell by cell), 1 − cos per
     leaf (:func:`one_minus_cos`), and the three over all leaves together."""
     ref = jax.tree.map(lambda a: np.asarray(a, np.float64), ref_tree)
     g = jax.tree.map(lambda a: np.asarray(a, np.float64), g_tree)
     m = jax.tree.leaves(g)[0].shape[0]
-    cells = [dyads.alignment(jax.tree.map(lambda a, i=i: a[i], g), ref) for i in range(m)]
+    cells = [core.alignment(jax.tree.map(lambda a, i=i: a[i], g), ref) for i in range(m)]
     names = list(cells[0]["cosine"])
     per = {
         key: {n: np.array([float(c[key][n]) for c in cells]) for n in names}
@@ -176,7 +176,7 @@ def kink_fractions(net, grid, params, x, y):
     that straddle ReLU's kink. Shape (M, L−1)."""
 
     def one(rule):
-        d = dyads.infer_dyads(net, params, x, y, rule)
+        d = core.infer_dyads(net, params, x, y, rule)
         return jnp.stack(
             [jnp.mean((d.s_plus[k] > 0) != (d.s_minus[k] > 0)) for k in range(1, net.num_maps)]
         )
@@ -304,7 +304,7 @@ def train_bp(net, params, x, y, cfg):
     def run(params, idx):
         def body(carry, ids):
             p, s = carry
-            g, aux = rule.grad(net, p, x[ids], y[ids])
+            g, aux, _ = rule.grad(net, p, (), x[ids], y[ids])
             updates, s = optimizer.update(g, s, p)
             return (optax.apply_updates(p, updates), s), aux.loss
 

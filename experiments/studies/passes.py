@@ -30,7 +30,7 @@ Columns:
   diverged seed counts with whatever its non-finite weights predict).
 - diverged: seeds whose training loss became non-finite, and the first such step.
 - cos init / cos trained: per-layer cosine similarity of the rule's gradient to BP's gradient
-  (kernel and bias of a layer together; ``dyads.alignment``) on a fixed batch of 1000
+  (kernel and bias of a layer together; ``core.alignment``) on a fixed batch of 1000
   training images, at initialisation and at each cell's trained weights; "mean/min" is the
   mean over layers / the worst layer, averaged over seeds (over finite seeds after training).
 - step ms, × BP: median time of one jitted train step of one model (not vmapped;
@@ -58,7 +58,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from dualprop_jax import dyads, models, rules
+from dualprop_jax import core, models, rules
 from dualprop_jax.training import sweep
 from dualprop_jax.training.steps import TrainState, make_train_step
 
@@ -157,9 +157,9 @@ def layer_cosines(net, grid, params, x, y) -> jax.Array:
     bp = rules.backprop()
 
     def one(rule, p):
-        g, _ = rule.grad(net, p, x, y)
-        g_bp, _ = bp.grad(net, p, x, y)
-        cos = dyads.alignment(_per_layer(g), _per_layer(g_bp))["cosine"]
+        g, _, _ = rule.grad(net, p, (), x, y)
+        g_bp, _, _ = bp.grad(net, p, (), x, y)
+        cos = core.alignment(_per_layer(g), _per_layer(g_bp))["cosine"]
         return jnp.stack([cos[k] for k in sorted(cos, key=int)])
 
     axes = jax.tree.map(lambda _: 0, grid)

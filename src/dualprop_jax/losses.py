@@ -47,3 +47,18 @@ def loss_gradient(loss: str, y_hat: jax.Array, t: jax.Array) -> jax.Array:
     if loss == "squared_error":
         return y_hat - t
     raise ValueError(f"unknown loss {loss!r}")
+
+
+def target_labels(y: jax.Array) -> jax.Array:
+    """The class index of each target: ``y`` itself for integer labels of shape (B,), the
+    argmax over the last axis for one-hot or soft targets of shape (B, C)."""
+    if jnp.issubdtype(y.dtype, jnp.integer) and y.ndim == 1:
+        return y
+    return jnp.argmax(y, axis=-1)
+
+
+def num_correct(y_hat: jax.Array, y: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+    """How many predictions argmax ŷ equal the targets' classes (:func:`target_labels`),
+    counting only where ``mask`` is True."""
+    hits = jnp.argmax(y_hat, axis=-1) == target_labels(y)
+    return jnp.sum(hits if mask is None else hits & mask)

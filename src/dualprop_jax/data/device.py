@@ -250,21 +250,22 @@ def take_batch(data: DeviceData, idx: jax.Array, mesh: Mesh | None) -> tuple[jax
 
 class Runner:
     """The jitted programs of the device feed for one train step on one mesh (see the module
-    docstring): ``chunk(carry, data, plan) -> carry`` (carry donated) and ``last_batch(data,
+    docstring): ``chunk(carry, data, plan, rule) -> carry`` (carry donated; the rule an
+    argument, as in the step itself) and ``last_batch(data,
     plan, chunk)``, the batch of the last step before chunk ``chunk`` (for diagnostics)."""
 
     def __init__(self, step: TrainStep, mesh: Mesh | None) -> None:
         self.step = step
         rep = {} if mesh is None else dict(out_shardings=par.replicated(mesh))
 
-        def run(carry: Carry, data: DeviceData, plan: EpochPlan) -> Carry:
+        def run(carry: Carry, data: DeviceData, plan: EpochPlan, rule) -> Carry:
             base = jax.random.wrap_key_data(plan.key) if step.augment else None
 
             def body(i, acc):
                 state, loss_sum, correct_sum = acc
                 x, y = take_batch(data, plan.order[i], mesh)
                 key = None if base is None else jax.random.fold_in(base, plan.first_step + i)
-                state, metrics = step.jitted(state, x, y, key)
+                state, metrics = step.jitted(rule, state, x, y, key)
                 return state, loss_sum + metrics["loss"], correct_sum + metrics["correct"]
 
             start, stop = plan.bounds[carry.chunk], plan.bounds[carry.chunk + 1]

@@ -138,7 +138,7 @@ def padded_batches(
         mask = np.arange(batch_size) < len(xb)
         if pad:
             xb = np.concatenate([xb, np.zeros((pad, *xb.shape[1:]), xb.dtype)])
-            yb = np.concatenate([yb, np.zeros((pad,), yb.dtype)])
+            yb = np.concatenate([yb, np.zeros((pad, *yb.shape[1:]), yb.dtype)])
         yield xb, yb, mask
 
 

@@ -24,6 +24,8 @@ from dualprop_jax.rules.base import (
     ruleclass,
 )
 from dualprop_jax.rules.dual_prop import (
+    AUTO_UNROLL_FACTOR,
+    AUTO_UNROLL_PASSES,
     FEEDBACKS,
     OUTPUTS,
     SCHEDULES,
@@ -46,6 +48,8 @@ from dualprop_jax.rules.energy_based import (
 from dualprop_jax.rules.labels import LABEL_EXTRAS, NAMES, from_label
 
 __all__ = [
+    "AUTO_UNROLL_FACTOR",
+    "AUTO_UNROLL_PASSES",
     "DTYPES",
     "FEEDBACKS",
     "LABEL_EXTRAS",

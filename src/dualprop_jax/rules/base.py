@@ -43,6 +43,9 @@ import numpy as np
 RULES: dict[str, type] = {}
 """Rule name -> rule class (``"dp"`` and ``"dp_top"`` are both :class:`DualProp`)."""
 
+NAMES = ("dp", "dp_top", "bp", "ep", "chl")
+"""The library's rule names, in the order the CLI lists them."""
+
 DTYPES = ("float32", "float64", "bfloat16")
 LOSSES = ("softmax_ce", "squared_error")
 
@@ -154,7 +157,8 @@ def check_rule(rule: object) -> Rule:
             "dualprop_jax.rules.Rule (which gives init, predict, loss, dtype and to_dict) and "
             "define name and grad(net, params, state, x, y) -> (grads, aux, state)."
         )
-    if jax.tree_util.treedef_is_leaf(jax.tree.structure(rule)):
+    leaves = jax.tree.leaves(rule)
+    if len(leaves) == 1 and leaves[0] is rule:
         raise TypeError(
             f"{type(rule).__name__} is not a pytree, so it cannot travel into a jitted step: "
             "decorate the class with @dualprop_jax.rules.ruleclass."
@@ -171,7 +175,7 @@ def from_dict(d: dict[str, Any] | str) -> Rule:
         d = {"name": d}
     if not isinstance(d, dict) or "name" not in d:
         raise ValueError(
-            f"a rule must be a name or a dict with a 'name' key (one of {tuple(RULES)}), "
+            f"a rule must be a name or a dict with a 'name' key (one of {known_names()}), "
             f"got {d!r}."
         )
     settings = dict(d)
@@ -185,11 +189,16 @@ def from_dict(d: dict[str, Any] | str) -> Rule:
     return RULES[name].from_settings(name, **settings)
 
 
+def known_names() -> tuple[str, ...]:
+    """Every registered rule name: the library's (:data:`NAMES`) first, then the users'."""
+    return (*NAMES, *sorted(set(RULES) - set(NAMES)))
+
+
 def fields_of(name: str) -> tuple[str, ...]:
     """The settings rule ``name`` takes (besides its name)."""
     if name not in RULES:
         raise ValueError(
-            f"rule name {name!r} is unknown; choose one of {tuple(RULES)}, or register your "
+            f"rule name {name!r} is unknown; choose one of {known_names()}, or register your "
             "rule class with @dualprop_jax.rules.ruleclass before reading it back."
         )
     return tuple(f.name for f in dataclasses.fields(RULES[name]) if f.name != "variant")
@@ -215,7 +224,8 @@ def check_choice(rule: str, field: str, value: object, allowed: tuple) -> None:
 
 def check_count(rule: str, field: str, value: object, least: int) -> None:
     if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < least:
-        raise bad(rule, field, value, f"an integer >= {least}")
+        allowed = "a non-negative integer" if least == 0 else f"an integer >= {least}"
+        raise bad(rule, field, value, allowed)
 
 
 def check_flag(rule: str, field: str, value: object) -> None:

@@ -225,9 +225,10 @@ class DualProp(Rule):
         return out
 
 
-def dual_prop(variant: str = "dp_top", **settings) -> DualProp:
-    """The dual-propagation rule (:class:`DualProp`), validated: ``dual_prop("dp", alpha=1.0)``."""
-    return DualProp(variant, **settings)
+def dual_prop(*args, **settings) -> DualProp:
+    """The dual-propagation rule (:class:`DualProp`, same arguments), validated:
+    ``dual_prop("dp", alpha=1.0)``."""
+    return DualProp(*args, **settings)
 
 
 def damped_dual_prop(variant: str = "dp_top", **settings) -> DualProp:

@@ -8,10 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from dualprop_jax.rules.base import RULES, Rule, fields_of, from_dict
-
-NAMES = ("dp", "dp_top", "bp", "ep", "chl")
-"""The library's rule names, in the order the CLI lists them."""
+from dualprop_jax.rules.base import NAMES, RULES, Rule, fields_of, from_dict
 
 LABEL_EXTRAS: dict[str, dict[str, Any]] = {
     "fast": dict(fast=True, alpha=0.5, passes=0, sweep=True),

@@ -3,11 +3,14 @@
     state = TrainState.create(net, params, rule, optimizer)
     step = make_train_step(net, rule, optimizer)           # jitted
     state, metrics = step(state, x, y)                     # metrics: batch-mean loss, # correct
-    evaluate(net, state.params, dataset)                   # {"loss": ..., "accuracy": ...}
+    state, metrics = step(state, x, y, rule=rule.replace(beta=0.1))   # no recompilation
+    evaluate(net, state.params, dataset, rule)             # {"loss": ..., "accuracy": ...}
 
-With a ``mesh`` (see :mod:`dualprop_jax.training.parallel`)
-the batch is split over its devices and the
-state is replicated; the rule's gradients are batch means, so XLA averages them across devices.
+The rule is an argument of the compiled step (its α and β are traced leaves), so a schedule of
+β or α, or a grid of them (:mod:`~dualprop_jax.training.sweep`, which vmaps the same
+:func:`train_step`), compiles once per static structure. With a ``mesh``
+(:mod:`dualprop_jax.training.parallel`) the batch is split over its devices and the state is
+replicated; the rule's gradients are batch means, so XLA averages them across devices.
 """
 
 from __future__ import annotations
@@ -24,11 +27,12 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from dualprop_jax import models
+from dualprop_jax.core import alignment
+from dualprop_jax.core.states import check_net
 from dualprop_jax.data import Dataset
 from dualprop_jax.data.pipeline import augment_batch, padded_batches
-from dualprop_jax.dyads import alignment
-from dualprop_jax.losses import per_example_loss, targets_as_array
-from dualprop_jax.rules import Backprop, Rule, backprop
+from dualprop_jax.losses import num_correct, per_example_loss, targets_as_array
+from dualprop_jax.rules import Backprop, Rule, check_rule
 from dualprop_jax.training import parallel as par
 
 if TYPE_CHECKING:
@@ -48,36 +52,62 @@ class TrainState(NamedTuple):
     ) -> TrainState:
         """The initial state: ``optimizer.init(params)`` and ``rule.init(net, params)``,
         replicated over ``mesh`` when one is given."""
-        state = cls(params, optimizer.init(params), rule.init(net, params))
+        state = cls(params, optimizer.init(params), check_rule(rule).init(net, params))
         return par.put_replicated(state, mesh)
 
 
-class TrainStep:
-    """A jitted train step: ``step(state, x, y, key=None) -> (state, metrics)``.
+def train_step(net, optimizer: optax.GradientTransformation, augment: bool = False) -> Callable:
+    """The pure step ``(rule, state, x, y, key) -> (state, metrics)``:
 
-    ``metrics`` holds the batch-mean ``loss`` and the number of ``correct`` predictions.
-    ``key`` is needed only when the step augments its batch.
+        grads, aux, rule_state = rule.grad(net, θ, rule_state, x, y)
+        θ ← θ + optax update of grads
+
+    ``metrics``: the batch-mean ``loss`` and the number of ``correct`` predictions (targets may
+    be labels, one-hot or soft). With ``augment`` the batch is randomly cropped and flipped
+    first (:func:`~dualprop_jax.data.pipeline.augment_batch`, from ``key``).
+    :func:`make_train_step` jits it; the sweep vmaps it over a grid of rules.
     """
 
-    def __init__(self, jitted: Callable, augment: bool, donate: bool = False) -> None:
+    def step(rule: Rule, state: TrainState, x, y, key):
+        if augment:
+            x = augment_batch(key, x)
+        grads, aux, rule_state = rule.grad(net, state.params, state.rule_state, x, y)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = {"loss": aux.loss, "correct": num_correct(aux.logits, y)}
+        return TrainState(params, opt_state, rule_state), metrics
+
+    return step
+
+
+class TrainStep:
+    """A jitted train step: ``step(state, x, y, key=None, *, rule=None) -> (state, metrics)``.
+
+    ``rule`` (default: the rule the step was made with) is an argument of the compiled program:
+    another α or β reuses it. ``key`` is needed only when the step augments its batch.
+    """
+
+    def __init__(self, jitted: Callable, rule: Rule, augment: bool, donate: bool = False):
         self.jitted = jitted
+        self.rule = rule
         self.augment = augment
         self.donate = donate  # whether ``jitted`` donates (deletes) its input state
 
-    def _key(self, key):
+    def _args(self, state, x, y, key, rule):
         if self.augment and key is None:
             raise ValueError(
                 "this train step augments its batch (augment=True): pass a key, e.g. "
                 "step(state, x, y, jax.random.fold_in(jax.random.key(seed), step_number))."
             )
-        return key if self.augment else None
+        rule = self.rule if rule is None else check_rule(rule)
+        return rule, state, x, y, key if self.augment else None
 
-    def __call__(self, state: TrainState, x, y, key=None):
-        return self.jitted(state, x, y, self._key(key))
+    def __call__(self, state: TrainState, x, y, key=None, *, rule: Rule | None = None):
+        return self.jitted(*self._args(state, x, y, key, rule))
 
-    def lower(self, state: TrainState, x, y, key=None):
+    def lower(self, state: TrainState, x, y, key=None, *, rule: Rule | None = None):
         """``jax.jit(...).lower``: compile ahead of time (``.compile()``) or inspect the HLO."""
-        return self.jitted.lower(state, x, y, self._key(key))
+        return self.jitted.lower(*self._args(state, x, y, key, rule))
 
 
 def make_train_step(
@@ -89,88 +119,80 @@ def make_train_step(
     donate: bool = False,
     augment: bool = False,
 ) -> TrainStep:
-    """A jitted step: the rule's gradient, then ``optimizer.update`` and ``apply_updates``.
-
-    θ ← θ + optax update of ``rule.grad(net, θ, x, y)``. The rule is closed over: its α and β
-    are constants of the compiled step (build a new step for new values).
+    """The jitted :func:`train_step` of ``rule`` and ``optimizer``.
 
     Args:
+      rule: the step's default rule; ``step(..., rule=other)`` trains with another rule of the
+        same static structure (a β schedule) without recompiling.
       mesh: split the batch over this mesh's devices (``parallel.make_mesh``); None: one device.
       donate: let XLA reuse the memory of the input ``state`` for the output. Saves one copy
         of parameters and optimizer state, but the caller's input arrays are deleted by the
         call: use only ``state = step(state, ...)[0]``, never the old state again.
-      augment: random crop + flip of each batch inside the step (:func:`augment_batch`);
-        the step then takes a ``key``.
+      augment: random crop + flip of each batch inside the step; the step then takes a ``key``.
     """
-
-    def step(state: TrainState, x, y, key):
-        if augment:
-            x = augment_batch(key, x)
-        grads, aux, rule_state = rule.grad(net, state.params, x, y, state.rule_state)
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        correct = jnp.sum(jnp.argmax(aux.logits, -1) == y)
-        return TrainState(params, opt_state, rule_state), {"loss": aux.loss, "correct": correct}
-
+    check_net(net)
+    step = train_step(net, optimizer, augment)
     shardings = {}
     if mesh is not None:
         rep, batch = par.replicated(mesh), par.batch_sharding(mesh)
-        shardings = dict(in_shardings=(rep, batch, batch, rep), out_shardings=(rep, rep))
-    jitted = jax.jit(step, donate_argnums=(0,) if donate else (), **shardings)
-    return TrainStep(jitted, augment, donate)
+        shardings = dict(in_shardings=(rep, rep, batch, batch, rep), out_shardings=(rep, rep))
+    jitted = jax.jit(step, donate_argnums=(1,) if donate else (), **shardings)
+    return TrainStep(jitted, check_rule(rule), augment, donate)
 
 
 @functools.lru_cache(maxsize=32)
-def make_eval_step(net: models.LayeredNet, rule: Rule, mesh: Mesh | None) -> Callable:
-    """Jitted ``(params, x, y, mask) -> (Σ loss, # correct)`` over the unmasked examples.
+def make_eval_step(net: models.LayeredNet, mesh: Mesh | None) -> Callable:
+    """Jitted ``(rule, params, x, y, mask) -> (Σ loss, # correct)`` over the unmasked examples.
 
     The prediction is ``rule.predict`` (the feedforward output; the free phase's output for EP
-    and CHL), the loss the rule's. Cached: repeated evaluations with the same network, rule and
-    mesh compile once.
+    and CHL), the loss the rule's; targets may be labels, one-hot or soft. Cached per network
+    and mesh; the rule is an argument.
     """
-    compute = jnp.dtype(rule.dtype)
 
-    def eval_step(params, x, y, mask):
+    def eval_step(rule, params, x, y, mask):
+        compute = jnp.dtype(rule.dtype)
         y_hat = rule.predict(net, params, x).astype(jnp.promote_types(compute, jnp.float32))
         losses = per_example_loss(rule.loss, y_hat, targets_as_array(y_hat, y))
-        correct = (jnp.argmax(y_hat, -1) == y) & mask
-        return jnp.sum(jnp.where(mask, losses, 0.0)), jnp.sum(correct)
+        return jnp.sum(jnp.where(mask, losses, 0.0)), num_correct(y_hat, y, mask)
 
     if mesh is None:
         return jax.jit(eval_step)
     rep, batch = par.replicated(mesh), par.batch_sharding(mesh)
-    return jax.jit(eval_step, in_shardings=(rep, batch, batch, batch), out_shardings=(rep, rep))
+    shardings = dict(in_shardings=(rep, rep, batch, batch, batch), out_shardings=(rep, rep))
+    return jax.jit(eval_step, **shardings)
 
 
 def evaluate(
     net: models.LayeredNet,
     params,
     data: Dataset | tuple[np.ndarray, np.ndarray],
+    rule: Rule,
     *,
     batch_size: int = 1000,
     split: str = "test",
-    rule: Rule | None = None,
     mesh: Mesh | None = None,
 ) -> dict[str, float]:
-    """``{"loss": mean ℓ, "accuracy": fraction correct}`` of the forward pass over ``data``.
+    """``{"loss": mean ℓ, "accuracy": fraction correct}`` of what ``rule`` predicts over ``data``.
 
-    ``data`` is a :class:`Dataset` (its ``split``) or a pair ``(x, y)``. The prediction
-    (``rule.predict``), loss and compute dtype are the ``rule``'s (default: BP's feedforward
-    output, softmax cross-entropy, float32). Batches are padded to
-    ``batch_size`` (rounded up to a multiple of the mesh's devices), so every batch runs one
-    compiled program. An empty split gives NaN for both.
+    ``data`` is a :class:`Dataset` (its ``split``) or a pair ``(x, y)`` with labels, one-hot or
+    soft targets. The prediction is ``rule.predict`` (the feedforward output; EP's and CHL's
+    free phase), the loss and compute dtype the rule's. Batches are padded to ``batch_size``
+    (rounded up to a multiple of the mesh's devices), so every batch runs one compiled
+    program. An empty split gives NaN for both.
     """
+    check_net(net)
+    check_rule(rule)
     x, y = data.split(split) if isinstance(data, Dataset) else data
     if len(x) == 0:
         return {"loss": float("nan"), "accuracy": float("nan")}
-    rule = rule or backprop()
     batch_size += (-batch_size) % par.num_devices(mesh)
-    eval_step = make_eval_step(net, rule, mesh)
+    eval_step = make_eval_step(net, mesh)
     sharding = par.batch_sharding(mesh)
     total_loss, total_correct = 0.0, 0
     # x stays as stored: uint8 StandardisedImages are standardised batch by batch
     for xb, yb, mask in padded_batches(x, np.asarray(y), batch_size):
-        loss, correct = eval_step(params, *(par.global_array(a, sharding) for a in (xb, yb, mask)))
+        arrays = (par.global_array(a, sharding) for a in (xb, yb, mask))
+        loss, correct = eval_step(rule, params, *arrays)
         total_loss += float(loss)
         total_correct += int(correct)
     return {"loss": total_loss / len(x), "accuracy": total_correct / len(x)}
@@ -184,8 +206,8 @@ def alignment_fn(net: models.LayeredNet, rule: Rule) -> Callable:
 
     @jax.jit
     def fn(params, x, y):
-        g_rule = rule.grad(net, params, x, y, rule.init(net, params))[0]
-        g_bp, _ = reference.grad(net, params, x, y)
+        g_rule = rule.grad(net, params, rule.init(net, params), x, y)[0]
+        g_bp = reference.grad(net, params, (), x, y)[0]
         return alignment({"layers": g_rule["layers"]}, {"layers": g_bp["layers"]})["cosine"]
 
     return fn

@@ -26,9 +26,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from dualprop_jax.losses import num_correct
 from dualprop_jax.models import LayeredNet
 from dualprop_jax.rules import Rule
-from dualprop_jax.training.steps import TrainState
+from dualprop_jax.training.steps import TrainState, train_step
 
 
 def stack_rules(rules: Sequence[Rule]) -> Rule:
@@ -70,11 +71,6 @@ def unstack(tree, i: int):
     return jax.tree.map(lambda v: v[i], tree)
 
 
-def _leaf_axes(grid: Rule):
-    """vmap axes for a stacked rule: 0 for every leaf (None for a rule without leaves)."""
-    return jax.tree.map(lambda _: 0, grid)
-
-
 def init_states(
     net: LayeredNet, params: Sequence, grid: Rule, optimizer: optax.GradientTransformation
 ) -> TrainState:
@@ -91,21 +87,12 @@ def init_states(
     def one(rule, p):
         return TrainState(p, optimizer.init(p), rule.init(net, p))
 
-    return jax.vmap(one, in_axes=(_leaf_axes(grid), 0))(grid, stacked)
+    return jax.vmap(one)(grid, stacked)
 
 
-def _step(net, optimizer, rule, state: TrainState, x, y):
-    """One cell's step: θ ← θ + optax update of ``rule.grad`` (the library's train step)."""
-    if rule.stateful:
-        grads, aux, rule_state = rule.grad(net, state.params, x, y, state.rule_state)
-    else:
-        (grads, aux), rule_state = rule.grad(net, state.params, x, y), state.rule_state
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    return TrainState(params, opt_state, rule_state), aux.loss
-
-
-@functools.partial(jax.jit, static_argnames=("net", "optimizer", "batch_size"))
+@functools.partial(
+    jax.jit, static_argnames=("net", "optimizer", "batch_size"), donate_argnames=("states",)
+)
 def train_epoch(
     net: LayeredNet,
     grid: Rule,
@@ -118,17 +105,18 @@ def train_epoch(
 ) -> tuple[TrainState, jax.Array]:
     """One epoch of every cell: batches ``x[perm[i·B:(i+1)·B]]``, i = 0..⌊N/B⌋-1, in a scan.
 
-    Returns the new states and the batch-mean train loss of every step and cell, shape
-    (steps, M). ``optimizer`` must be hashable (optax's transformations are, as long as the
-    same object is passed each epoch).
+    The step is :func:`~dualprop_jax.training.steps.train_step`, vmapped over the cells; the
+    input ``states`` are donated (deleted). Returns the new states and the batch-mean train
+    loss of every step and cell, shape (steps, M). ``optimizer`` must be hashable (optax's
+    transformations are, as long as the same object is passed each epoch).
     """
     steps = perm.shape[0] // batch_size
     batches = perm[: steps * batch_size].reshape(steps, batch_size)
-    axes = _leaf_axes(grid)
-    vstep = jax.vmap(functools.partial(_step, net, optimizer), in_axes=(axes, 0, None, None))
+    vstep = jax.vmap(train_step(net, optimizer), in_axes=(0, 0, None, None, None))
 
     def body(states, idx):
-        return vstep(grid, states, x[idx], y[idx])
+        states, metrics = vstep(grid, states, x[idx], y[idx], None)
+        return states, metrics["loss"]
 
     return jax.lax.scan(body, states, batches)
 
@@ -146,12 +134,10 @@ def accuracy(net: LayeredNet, grid: Rule, params, x, y, batch_size: int = 1000) 
         )
     xb = x.reshape(n // batch_size, batch_size, *x.shape[1:])
     yb = y.reshape(n // batch_size, batch_size)
-    axes = _leaf_axes(grid)
-
     def correct(rule, p, xs, ys):
-        return jnp.sum(jnp.argmax(rule.predict(net, p, xs), -1) == ys)
+        return num_correct(rule.predict(net, p, xs), ys)
 
-    vcorrect = jax.vmap(correct, in_axes=(axes, 0, None, None))
+    vcorrect = jax.vmap(correct, in_axes=(0, 0, None, None))
 
     def body(total, batch):
         return total + vcorrect(grid, params, *batch), None

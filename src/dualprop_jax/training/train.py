@@ -27,7 +27,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from dualprop_jax import data as data_lib
-from dualprop_jax import models
+from dualprop_jax import models, rules
 from dualprop_jax.data import device as device_data
 from dualprop_jax.data.pipeline import check_batch_size
 from dualprop_jax.errors import DivergenceError, TrainingError, TrainingInterrupted
@@ -199,8 +199,8 @@ class Run:
 
     def evaluate(self, params, ds: data_lib.Dataset, split: str) -> dict[str, float]:
         return evaluate(
-            self.net, params, ds, split=split, batch_size=self.config.eval_batch_size,
-            rule=self.config.rule, mesh=self.mesh,
+            self.net, params, ds, self.config.rule, split=split,
+            batch_size=self.config.eval_batch_size, mesh=self.mesh,
         )  # fmt: skip
 
     def rule_metrics(self, state: TrainState) -> dict[str, float]:
@@ -376,8 +376,7 @@ def write_plots(workdir: str | os.PathLike, results: dict | None = None) -> None
     from dualprop_jax.training import plots
 
     workdir = pathlib.Path(workdir)
-    config = checkpoints.saved_config(workdir)
-    title = f"{config.model} / {config.dataset} / {config.rule.label}" if config else ""
+    title = _plot_title(workdir)
     history_file, align_file = workdir / "metrics.csv", workdir / "alignment.json"
     if history_file.exists():
         with history_file.open() as fh:
@@ -391,6 +390,21 @@ def write_plots(workdir: str | os.PathLike, results: dict | None = None) -> None
         )  # fmt: skip
     if align_file.exists():
         plots.plot_alignment(json.loads(align_file.read_text()), workdir / "alignment.png", title)
+
+
+def _plot_title(workdir: pathlib.Path) -> str:
+    """``model / dataset / rule label`` of the run's ``config.json`` (the rule's name where its
+    class is not registered in this process, e.g. a user's rule read by another program)."""
+    path = workdir / "config.json"
+    if not path.exists():
+        return ""
+    config = json.loads(path.read_text())
+    rule = config.get("rule", {})
+    try:
+        label = rules.from_dict(rule).label
+    except (ValueError, TypeError):
+        label = rule.get("name", "?") if isinstance(rule, dict) else str(rule)
+    return f"{config.get('model', '?')} / {config.get('dataset', '?')} / {label}"
 
 
 def _write_history(workdir: pathlib.Path, meta: dict) -> None:
