@@ -202,8 +202,9 @@ def _time_steps(entries: dict, spec: ModelSpec, batch: int, seed: int, warmup: i
     times: dict[str, list[float]] = {label: [] for label in entries}
 
     def run(label: str, r: int) -> None:
+        rule = entries[label][0].rule
         t0 = time.perf_counter()
-        state[label], metrics = compiled[label](state[label], x, y, None)
+        state[label], metrics = compiled[label](rule, state[label], x, y, None)
         jax.block_until_ready((state[label], metrics))
         if r >= warmup:
             times[label].append(time.perf_counter() - t0)
