@@ -111,11 +111,11 @@ def test_gradient_error_is_second_order_in_beta_at_half_and_first_order_otherwis
         assert 6 < zero < 14, zero
 
 
-# ---------------------------------------------------------------- closed form of ALGORITHM.md
+# ---------------------------------------------------------------- closed form of docs/method.md
 
 
 def _np_closed_form(Ws, bs, x, t, variant, alpha, beta, f, passes=0, schedule="alternating"):
-    """The table of ALGORITHM.md written out for a dense network with softmax CE (numpy)."""
+    """The table of docs/method.md written out for a dense network with softmax CE (numpy)."""
     L = len(Ws)
     s, a = [x], [None]
     for k in range(L):
@@ -377,7 +377,7 @@ def test_contrastive_grad_is_the_gradient_of_the_local_objective_at_fixed_dyads(
 
 
 def test_dense_contrastive_grad_is_the_hebbian_outer_product():
-    # closed form of ALGORITHM.md: ∇W_{k-1} = -(1/(βB)) s̄_{k-1}ᵀ δ_k, ∇b_{k-1} = -(1/(βB)) Σ δ_k
+    # closed form of docs/method.md: ∇W_{k-1} = -(1/(βB)) s̄_{k-1}ᵀ δ_k, ∇b_{k-1} = -(1/(βB)) Σ δ_k
     with jax.enable_x64(True):
         model, x_shape = _model("mlp", jnp.float64)
         net, params = dp.split(model)

@@ -220,7 +220,7 @@ def _mlp():
 
 @pytest.mark.parametrize("variant", ["dp", "dp_top"])
 def test_output_nudge_follows_each_variants_definition(variant):
-    """DP⊤ nudges by g(ŷ) at the forward prediction, fixed in every pass (ALGORITHM.md, the
+    """DP⊤ nudges by g(ŷ) at the forward prediction, fixed in every pass (docs/method.md, the
     official DP⊤ code); DP by g at the current output (2023). At β = 1 the two conventions
     differ by ~1e-4..1e-3 relative, far above float64 rounding."""
     with jax.enable_x64(True):

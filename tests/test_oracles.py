@@ -94,7 +94,7 @@ def _np_map_transpose(m, s, d):
 
 
 def _np_dyads(maps, x, t, variant, alpha, beta, passes, schedule, linearise_at="mean"):
-    """The dyad table of ALGORITHM.md for a ReLU net with softmax CE, written out in numpy.
+    """The dyad table of docs/method.md for a ReLU net with softmax CE, written out in numpy.
 
     Forward pass; output nudge; one top-down sweep at the forward activities; then ``passes``
     passes of ``schedule`` that re-solve each layer k from s̄_{k-1} (bottom-up input) and

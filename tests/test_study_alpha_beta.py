@@ -2,7 +2,7 @@
 identities that hold whatever the training does.
 
 Oracles:
-- with one sweep at α = ½, DP and DP⊤ are the same rule (ALGORITHM.md), so every seed of the
+- with one sweep at α = ½, DP and DP⊤ are the same rule (docs/method.md), so every seed of the
   two cells must reach the same accuracy and loss: a swapped coefficient or a cell trained
   with another cell's rule or seed breaks it;
 - the study's fixed-point diagnostic at initialisation equals ``core.pass_residuals`` called

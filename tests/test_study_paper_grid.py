@@ -2,7 +2,7 @@
 
 Oracles: each printed command, parsed by ``dualprop``'s own parser and config builder, builds
 the rule its cell names (written out here with ``rules.dual_prop``) and the paper's setup
-(ALGORITHM.md, "Reference training setups"); ``collect`` puts each fake result in its cell; the
+(docs/method.md, "Reference training setups"); ``collect`` puts each fake result in its cell; the
 generated script, driven with a stand-in ``dualprop``, starts, resumes, skips and stops as it
 says. The ``check`` action itself (a real VGG16 run per cell) takes minutes per cell on a CPU,
 so it is not run here; its committed outputs are in experiments/studies/results/.
@@ -69,7 +69,7 @@ def test_each_command_builds_its_cells_rule_and_the_paper_setup(
         cfg = _config(argv)
         expected = rules.dual_prop(variant, alpha, beta, **SCHEDULE_RULES[schedule])
         assert cfg.rule == expected, workdir
-        # the paper's VGG16 / CIFAR-10 setup, as ALGORITHM.md states it
+        # the paper's VGG16 / CIFAR-10 setup, as docs/method.md states it
         assert (cfg.dataset, cfg.model, cfg.layout) == ("cifar10", "vgg16", "pooled")
         assert (cfg.optimizer, cfg.learning_rate, cfg.momentum) == ("sgd", 0.025, 0.9)
         assert (cfg.weight_decay, cfg.lr_schedule, cfg.batch_size) == (5e-4, "cosine", 100)

@@ -67,7 +67,7 @@ def test_step_time_ratios_are_the_ms_columns_over_bps(quick):
 
 def test_cosine_at_init_matches_raw_autodiff_and_the_order_in_beta(quick):
     """At passes = 0 the rule's gradient is within O(β²) of BP's at α = ½ and O(β) at α = 1
-    (ALGORITHM.md): the study's cosine equals one computed against ``jax.grad`` of the loss,
+    (docs/method.md): the study's cosine equals one computed against ``jax.grad`` of the loss,
     is near 1, and the symmetric rule is the closer one, on average and in its worst layer.
     (Not in every layer: DP⊤'s top layer at α = 1 is exact, as s̄ = s⁺ is the forward activity.)"""
     s = passes.QUICK
