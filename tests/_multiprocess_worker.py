@@ -2,8 +2,7 @@
 
     python _multiprocess_worker.py OUTDIR --local-devices K [--job steps] [--job train]
         [--job checks] [--cases mlp_dp_top,...]
-        [--coordinator HOST:PORT --num-processes N --process-id I [--heartbeat-timeout S]]
-        [-- DUALPROP ARGS...]
+        [--coordinator HOST:PORT --num-processes N --process-id I]
 
 Jobs, each over all (global) devices:
   steps   :data:`STEPS` data-parallel train steps of each case of :data:`CASES`; parameters and
@@ -12,11 +11,10 @@ Jobs, each over all (global) devices:
   checks  the messages of the clear errors (batch not divisible, too many devices), whether
           the compiled step all-reduces across devices, and the bound on queued steps, to
           ``OUTDIR/checks.json``.
-  cli     the ``dualprop`` command with the arguments after ``--`` (``train --workdir W ...``);
-          the worker exits with its status. The process joins the run as the command does
-          (``flag_names=CLI_FLAGS``, and ``workdir`` from the arguments).
-With ``--coordinator`` the process first joins a ``jax.distributed`` run. The test imports the
-same functions to compute the one-device oracle in its own process.
+With ``--coordinator`` the process first joins a ``jax.distributed`` run (the library's
+``distributed.initialize``, as a Python program would). The test imports the same functions to
+compute the one-device oracle in its own process. The ``dualprop`` command's own multi-process
+runs (its launcher) are started by the tests directly.
 """
 
 from __future__ import annotations
@@ -30,7 +28,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from dualprop_jax import cli, data, models, rules
+from dualprop_jax import data, models, rules
 from dualprop_jax.training import distributed, parallel, train
 from dualprop_jax.training.config import TrainConfig
 from dualprop_jax.training.steps import TrainState, make_optimizer, make_train_step, rule_params
@@ -171,23 +169,15 @@ def checks(workdir: pathlib.Path) -> dict[str, object]:
     }
 
 
-def _workdir_of(cli_args: list[str]) -> str | None:
-    return cli_args[cli_args.index("--workdir") + 1] if "--workdir" in cli_args else None
-
-
 def main(argv: list[str]) -> int:
-    cli_args: list[str] = []
-    if "--" in argv:
-        argv, cli_args = argv[: argv.index("--")], argv[argv.index("--") + 1 :]
     parser = argparse.ArgumentParser()
     parser.add_argument("out", type=pathlib.Path)
-    parser.add_argument("--job", action="append", choices=("steps", "train", "checks", "cli"))
+    parser.add_argument("--job", action="append", choices=("steps", "train", "checks"))
     parser.add_argument("--cases", default=",".join(CASES))
     parser.add_argument("--local-devices", type=int, default=None)
     parser.add_argument("--coordinator", default=None)
     parser.add_argument("--num-processes", type=int, default=1)
     parser.add_argument("--process-id", type=int, default=0)
-    parser.add_argument("--heartbeat-timeout", type=int, default=distributed.HEARTBEAT_TIMEOUT_S)
     args = parser.parse_args(argv)
     if args.coordinator is not None:
         distributed.initialize(
@@ -196,14 +186,10 @@ def main(argv: list[str]) -> int:
             args.process_id,
             local_cpu_devices=args.local_devices,
             timeout_s=60,
-            heartbeat_timeout_s=args.heartbeat_timeout,
-            workdir=_workdir_of(cli_args),
-            flag_names=distributed.CLI_FLAGS if "cli" in (args.job or ()) else None,
         )
     elif args.local_devices is not None:
         jax.config.update("jax_num_cpu_devices", args.local_devices)
     args.out.mkdir(parents=True, exist_ok=True)
-    status = 0
     for job in args.job or ():
         if job == "steps":
             mesh = parallel.make_mesh()
@@ -216,13 +202,11 @@ def main(argv: list[str]) -> int:
             train.train_and_evaluate(
                 short_run_config(None), args.out / "train", dataset=short_run_data()
             )
-        elif job == "cli":
-            status = cli.main(cli_args) or status
         else:
             (args.out / "checks.json").write_text(json.dumps(checks(args.out)))
     if args.coordinator is not None:
         distributed.shutdown()
-    return status
+    return 0
 
 
 if __name__ == "__main__":

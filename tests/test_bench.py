@@ -154,11 +154,11 @@ def test_cli_writes_the_json_it_prints(tmp_path, capsys):
     assert result["command"].startswith("dualprop bench --models mlp")
 
 
-def test_python_m_dualprop_jax_bench_is_dualprop_bench(tmp_path):
-    """The old entry point (experiments/, BENCHMARKS.md) still runs the same command."""
+def test_python_m_dualprop_jax_cli_bench_is_dualprop_bench(tmp_path):
+    """``python -m dualprop_jax.cli bench`` (experiments/gpu_check.sh) runs the same command."""
     out = tmp_path / "bench.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "dualprop_jax.bench", "--models", "", "--out", str(out)],
+        [sys.executable, "-m", "dualprop_jax.cli", "bench", "--models", "", "--out", str(out)],
         env=dict(os.environ, JAX_PLATFORMS="cpu"),
         capture_output=True,
         text=True,

@@ -241,7 +241,7 @@ def test_help_shows_the_real_defaults(capsys):
         cli.main(["train", "--help"])
     text = " ".join(capsys.readouterr().out.split()).split("options:", 1)[1]
     defaults = TrainConfig()
-    for flag, (field, _) in cli._FLAGS.items():
+    for flag, (field, _) in cli.FLAGS.items():
         value = getattr(defaults, field)
         shown = ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
         assert f"(default: {shown})" in text.split(flag, 1)[1][:300], flag
@@ -256,6 +256,34 @@ def test_help_shows_the_real_defaults(capsys):
         ("--start", ep.start),
     ]:
         assert f"(default: {shown})" in text.split(flag, 1)[1][:200], flag
+
+
+def test_algo_the_old_name_of_rule_is_gone(capsys):
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["train", "--algo", "bp"])
+    assert stop.value.code == 2
+    assert "unrecognized arguments: --algo bp" in capsys.readouterr().err
+
+
+def test_config_file_of_the_old_flat_format_is_refused_naming_the_current_one(tmp_path, capsys):
+    """A config with the rule settings at the top level (algo, alpha, ...: the format before
+    the rule was one field) is not read; the message shows the file in the current format."""
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps({"algo": "dp", "alpha": 0.3, "beta": 0.05, "widths": [16]}))
+    code, _, err = _run(["train", "--config", str(old), "--workdir", str(tmp_path / "r")], capsys)
+    assert code == 2 and err.count("\n") == 1, err
+    assert f"config file {old}: " in err and "the old flat format" in err
+    assert '"rule": {"name": "dp", "alpha": 0.3, "beta": 0.05}' in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_python_m_dualprop_jax_cli_is_the_dualprop_command():
+    proc = subprocess.run(
+        [sys.executable, "-m", "dualprop_jax.cli", "--version"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("dualprop ")
 
 
 def test_version(capsys):

@@ -99,3 +99,22 @@ def test_targets_with_wrong_batch(small_net):
 def test_unknown_activation():
     with pytest.raises(ValueError, match="activation='swishy' is unknown"):
         dp.mlp((3, 2), activation="swishy", rngs=nnx.Rngs(0))
+
+
+def test_train_config_of_the_old_flat_format_is_refused_with_the_current_one():
+    """Configs written before the rule was one field held algo, alpha, beta, ... at the top
+    level; they are no longer read, and the message shows the same config in the current
+    format (only the settings the rule takes)."""
+    from dualprop_jax.training.config import TrainConfig
+
+    old = {"algo": "bp", "alpha": 0.5, "beta": 0.01, "loss": "softmax_ce", "widths": [16]}
+    with pytest.raises(ValueError, match="the old flat format") as err:
+        TrainConfig.from_dict(old)
+    message = str(err.value)
+    assert "['algo', 'alpha', 'beta', 'loss']" in message
+    assert '"rule": {"name": "bp", "loss": "softmax_ce"}' in message
+    with pytest.raises(ValueError, match=r'"rule": \{"name": "dp_top", "beta": 0.02\}'):
+        TrainConfig.from_dict({"beta": 0.02})  # no algo: the flat default was DP⊤
+    current = TrainConfig.from_dict({"rule": {"name": "bp"}, "widths": [16]})
+    assert current.rule.name == "bp" and current.widths == (16,)
+    assert TrainConfig.from_dict(current.to_dict()) == current

@@ -2,7 +2,8 @@
 
 The multi-device runs happen in fresh worker processes (``_multiprocess_worker.py``) that set
 their CPU device count before JAX starts; this pytest process computes the one-device oracle
-with the same functions on ``make_mesh(1)``.
+with the same functions on ``make_mesh(1)``. The ``dualprop`` command's multi-process runs (a
+process killed, resume; through its launcher) run the command itself.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import pytest
 from flax import nnx
 
 from dualprop_jax import models
+from dualprop_jax.cli import launcher
 from dualprop_jax.training import checkpoints, distributed, parallel, train
 from dualprop_jax.training.config import TrainConfig
 from dualprop_jax.training.steps import build_model
@@ -43,10 +45,9 @@ def _worker_env() -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def _workers(out: pathlib.Path, commands: list[list[str]], envs: list[dict] | None = None):
-    """Start one worker per argument list (with ``envs[i]`` added to its environment); on
-    leaving, wait for them and fail (killing them all, so nothing hangs) on a timeout or an
-    error."""
+def _workers(out: pathlib.Path, commands: list[list[str]]):
+    """Start one worker per argument list; on leaving, wait for them and fail (killing them
+    all, so nothing hangs) on a timeout or an error."""
     out.mkdir(parents=True, exist_ok=True)
     procs = []
     try:
@@ -57,7 +58,7 @@ def _workers(out: pathlib.Path, commands: list[list[str]], envs: list[dict] | No
                         [sys.executable, str(WORKER), str(out), *args],
                         stdout=log,
                         stderr=subprocess.STDOUT,
-                        env=dict(_worker_env(), **(envs[i] if envs else {})),
+                        env=_worker_env(),
                     )
                 )
         deadline = time.monotonic() + TIMEOUT_S
@@ -100,14 +101,12 @@ def four_devices(tmp_path_factory, request):
 
 @pytest.fixture(scope="module")
 def two_processes(tmp_path_factory):
-    """Two processes with 2 CPU devices each, joined by jax.distributed on localhost; process 1
-    keeps gloo's connection lines (DUALPROP_VERBOSE_DISTRIBUTED=1)."""
+    """Two processes with 2 CPU devices each, joined by jax.distributed on localhost."""
     out = tmp_path_factory.mktemp("two_processes")
     address = f"127.0.0.1:{_free_port()}"
     common = ["--local-devices", "2", "--coordinator", address, "--num-processes", "2"]
     jobs = ["--job", "steps", "--cases", ",".join(TWO_PROCESS_CASES), "--job", "train"]
-    envs = [{distributed.VERBOSE_ENV: ""}, {distributed.VERBOSE_ENV: "1"}]
-    with _workers(out, [[*common, "--process-id", str(i), *jobs] for i in range(2)], envs):
+    with _workers(out, [[*common, "--process-id", str(i), *jobs] for i in range(2)]):
         pass
     return out
 
@@ -274,16 +273,6 @@ def test_distributed_initialize_after_jax_started_says_so():
         distributed.initialize("127.0.0.1:1234", 2, 0, local_cpu_devices=2)
 
 
-def test_two_process_output_has_no_gloo_lines_unless_asked(two_processes):
-    """gloo prints "[Gloo] Rank 0 is connected to 3 peer ranks. ..." on stdout whenever it
-    connects processes; distributed.initialize silences it, DUALPROP_VERBOSE_DISTRIBUTED=1
-    (process 1 here) keeps it."""
-    quiet = (two_processes / "worker-0.log").read_text()
-    assert "[Gloo]" not in quiet, quiet[-2000:]
-    verbose = (two_processes / "worker-1.log").read_text()
-    assert "[Gloo] Rank 2 is connected to 3 peer ranks" in verbose, verbose[-2000:]
-
-
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
@@ -293,6 +282,7 @@ def test_two_process_output_has_no_gloo_lines_unless_asked(two_processes):
         (dict(process_id=None), r"--process-id is missing: .* 0\.\.1 \(--num-processes 2\)"),
         (dict(process_id=2), r"--process-id 2 is invalid: .* 0\.\.1 \(--num-processes 2\)"),
         (dict(local_cpu_devices=0), "--local-cpu-devices 0 is invalid: it must be an integer"),
+        (dict(heartbeat_timeout_s=0), "--heartbeat-timeout 0 is invalid: it must be an integer"),
     ],
 )
 def test_distributed_initialize_names_cli_flags(kwargs, match):
@@ -312,69 +302,19 @@ def test_distributed_initialize_failure_names_cli_flags():
     assert "same --coordinator and --num-processes and its own --process-id" in str(err.value)
 
 
-def test_lost_process_message_says_what_stopped_and_how_to_resume(tmp_path, monkeypatch):
-    run = dict(
-        process_id=1, num_processes=2, coordinator=f"127.0.0.1:{_free_port()}",
-        heartbeat_timeout_s=30, workdir=tmp_path, resume="--resume",
-    )  # fmt: skip
-    monkeypatch.setattr(distributed, "_run", run)
-    msg = distributed.lost_process_message()  # nothing listens on the coordinator's port
-    assert msg.startswith("dualprop: process 1 of 2 lost contact with the run: process 0 (the")
-    assert f"No checkpoint was written in {tmp_path} yet" in msg
-    (tmp_path / "checkpoints" / "3").mkdir(parents=True)
-    (tmp_path / "checkpoints" / "4.orbax-checkpoint-tmp-1").mkdir()  # unfinished: not counted
-    msg = distributed.lost_process_message()
-    assert f"The last checkpoint (epoch 3) is in {tmp_path / 'checkpoints'}" in msg
-    assert "restart all 2 processes with the same flags plus --resume" in msg
-    monkeypatch.setitem(run, "process_id", 0)
-    monkeypatch.setitem(run, "resume", None)  # the Python API
-    msg = distributed.lost_process_message("Gloo all-reduce failed: Connection reset by peer")
-    assert "process 0 of 2 lost contact with the run: another process stopped (Gloo" in msg
-    assert "train_and_evaluate(..., resume=True)" in msg
-
-
-_DYING = """
-import os, pathlib, sys, jax
+_EXIT_NOW = """
 from dualprop_jax.training import distributed
-distributed._run.update(
-    process_id=0, num_processes=2, coordinator="127.0.0.1:1", heartbeat_timeout_s=30,
-    workdir=pathlib.Path(sys.argv[2]), resume="--resume",
-)
-distributed._install_abort_handler()
-distributed._install_excepthook()
+distributed._joined.update(process_id=0, num_processes=2)  # as initialize leaves it
 print("training", flush=True)
-if sys.argv[1] == "abort":
-    os.abort()  # what JAX's client does when the coordination service reports a dead process
-if sys.argv[1] == "exit_now":
-    distributed.exit_now(3)  # an error in this process alone: leave without the exit barrier
-    print("still here")
-raise jax.errors.JaxRuntimeError("UNKNOWN: Gloo all-reduce failed: Connection reset by peer")
+distributed.exit_now(3)  # an error in this process alone: leave without the exit barrier
+print("still here")
 """
 
 
-@pytest.mark.parametrize("how", ["abort", "gloo_error"])
-def test_a_process_ended_by_a_lost_peer_prints_one_line_and_exits_75(tmp_path, how):
-    """The two ways a survivor learns that a process stopped: JAX's abort (SIGABRT) and a gloo
-    collective that fails in Python. Either way: the lost-contact line, no traceback, status 75."""
-    (tmp_path / "checkpoints" / "2").mkdir(parents=True)
-    proc = subprocess.run(
-        [sys.executable, "-c", _DYING, how, str(tmp_path)],
-        capture_output=True, text=True, timeout=120, env=_worker_env(),
-    )  # fmt: skip
-    assert proc.returncode == distributed.LOST_PROCESS_EXIT_CODE, proc.stderr
-    assert proc.stdout == "training\n"
-    assert "Traceback" not in proc.stderr, proc.stderr
-    last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith("dualprop: process 0 of 2 lost contact with the run: another"), last
-    if how == "gloo_error":
-        assert "(UNKNOWN: Gloo all-reduce failed: Connection reset by peer)" in last, last
-    assert f"The last checkpoint (epoch 2) is in {tmp_path / 'checkpoints'}" in last, last
-
-
-def test_exit_now_ends_only_a_multi_process_run(tmp_path):
+def test_exit_now_ends_only_a_multi_process_run():
     assert distributed.exit_now(3) is None  # no run: returns
     proc = subprocess.run(
-        [sys.executable, "-c", _DYING, "exit_now", str(tmp_path)],
+        [sys.executable, "-c", _EXIT_NOW],
         capture_output=True, text=True, timeout=120, env=_worker_env(),
     )  # fmt: skip
     assert (proc.returncode, proc.stdout, proc.stderr) == (3, "training\n", "")
@@ -386,27 +326,29 @@ KILL_RUN = ["--max-train", "3000", "--widths", "128", "--epochs", "3", "--batch-
             "--feed", "host"]  # fmt: skip
 
 
-def _start_cli_pair(out: pathlib.Path, workdir: pathlib.Path, tag: str, *extra: str):
-    """Two processes of ``dualprop train`` (through the worker, which joins the run as the
-    command does) on localhost; their combined stdout+stderr go to ``out/<tag>-<i>.log``.
-    They share a persistent compilation cache in ``out``: a second pair compiles nothing."""
+def _start_cli_pair(out: pathlib.Path, workdir: pathlib.Path, tag: str, *extra: str, verbose=1):
+    """Two processes of ``dualprop train`` on localhost, each the command's launcher with its
+    training child; their combined stdout+stderr go to ``out/<tag>-<i>.log``. Process
+    ``verbose`` keeps gloo's connection lines (DUALPROP_VERBOSE_DISTRIBUTED=1). They share a
+    persistent compilation cache in ``out``: a second pair compiles nothing."""
     address = f"127.0.0.1:{_free_port()}"
     cache = dict(JAX_COMPILATION_CACHE_DIR=str(out / "jax-cache"))
     env = dict(_worker_env(), **cache, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
     procs = []
     for i in range(2):
         args = [
-            "--local-devices", "2", "--coordinator", address, "--num-processes", "2",
-            "--process-id", str(i), "--heartbeat-timeout", str(KILL_HEARTBEAT_S), "--job", "cli",
-            "--", "train", "--workdir", str(workdir), *KILL_RUN, *extra,
+            "train", "--coordinator", address, "--num-processes", "2", "--process-id", str(i),
+            "--local-cpu-devices", "2", "--heartbeat-timeout", str(KILL_HEARTBEAT_S),
+            "--workdir", str(workdir), *KILL_RUN, *extra,
         ]  # fmt: skip
+        loud = {launcher.VERBOSE_ENV: "1" if i == verbose else ""}
         with (out / f"{tag}-{i}.log").open("w") as log:
             procs.append(
                 subprocess.Popen(
-                    [sys.executable, str(WORKER), str(out / f"{tag}-{i}"), *args],
+                    [sys.executable, "-m", "dualprop_jax.cli", *args],
                     stdout=log,
                     stderr=subprocess.STDOUT,
-                    env=env,
+                    env=dict(env, **loud),
                 )
             )
     return procs
@@ -420,11 +362,23 @@ def _wait_for(predicate, timeout_s: float, what: str) -> None:
         time.sleep(0.1)
 
 
+def _finish(procs, timeout_s: float) -> list[int]:
+    try:
+        return [proc.wait(timeout=timeout_s) for proc in procs]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
 def test_killed_process_ends_the_other_clearly_and_resume_finishes(tmp_path):
-    """SIGKILL one of two processes in epoch 2 of 3: the survivor exits with status 75 within
-    the heartbeat timeout (10 s here, 30 s by default; JAX alone: a C++ abort and stack trace
-    after ~50 s), its last line names the last checkpoint and --resume, and both processes
-    restarted with --resume finish the run from that checkpoint."""
+    """SIGKILL one of two ``dualprop train`` processes (its launcher; the launcher's training
+    child follows it) in epoch 2 of 3: the survivor exits with status 75 within the heartbeat
+    timeout (10 s here, 30 s by default; JAX alone: a C++ abort and stack trace after ~50 s),
+    its last line names the last checkpoint and --resume, and both processes restarted with
+    --resume finish the run from that checkpoint. gloo's connection lines show only where
+    DUALPROP_VERBOSE_DISTRIBUTED=1."""
     workdir = tmp_path / "run"
     procs = _start_cli_pair(tmp_path, workdir, "killed")
     log0 = tmp_path / "killed-0.log"
@@ -441,13 +395,10 @@ def test_killed_process_ends_the_other_clearly_and_resume_finishes(tmp_path):
             pytest.fail(f"the survivor still runs 40 s after the kill:\n{log0.read_text()}")
         took = time.monotonic() - killed
     finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        _finish(procs, 0.1)
     text = log0.read_text()
     last = text.strip().splitlines()[-1]
-    assert status == distributed.LOST_PROCESS_EXIT_CODE, text[-3000:]
+    assert status == launcher.LOST_PROCESS_EXIT_CODE, text[-3000:]
     assert took <= KILL_HEARTBEAT_S + 15, took  # ~0.7-1x the heartbeat timeout, plus load
     saved = checkpoints.latest_epoch(workdir)
     assert saved is not None and saved < 3, saved
@@ -455,19 +406,16 @@ def test_killed_process_ends_the_other_clearly_and_resume_finishes(tmp_path):
     assert f"The last checkpoint (epoch {saved}) is in {workdir / 'checkpoints'}" in last, last
     assert "restart all 2 processes with the same flags plus --resume" in last, last
     assert "[Gloo]" not in text, "gloo's connection lines"
+    assert "Traceback" not in text and "Check failure stack trace" not in text, text[-3000:]
 
-    procs = _start_cli_pair(tmp_path, workdir, "resumed", "--resume")
-    try:
-        statuses = [proc.wait(timeout=150) for proc in procs]
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+    statuses = _finish(_start_cli_pair(tmp_path, workdir, "resumed", "--resume"), 150)
     resumed = (tmp_path / "resumed-0.log").read_text()
-    assert statuses == [0, 0], resumed[-3000:] + (tmp_path / "resumed-1.log").read_text()[-3000:]
+    verbose = (tmp_path / "resumed-1.log").read_text()
+    assert statuses == [0, 0], resumed[-3000:] + verbose[-3000:]
     assert f"resuming after epoch {saved}" in resumed
     assert "data: fed from the host" in resumed
+    assert "[Gloo]" not in resumed, resumed[-3000:]
+    assert "[Gloo] Rank 2 is connected to 3 peer ranks" in verbose, verbose[-3000:]
     results = _results(workdir)
     assert results["processes"] == 2 and results["epochs"] == 3
     assert checkpoints.latest_epoch(workdir) == 3

@@ -251,26 +251,12 @@ def test_data_dir_that_does_not_exist(tmp_path, capsys):
     assert code == 2 and str(missing) in err and "does not exist" in err
 
 
-@pytest.mark.parametrize("rule_flag", ["--rule", "--algo"])
-def test_rule_flag_that_does_not_apply_to_the_rule(rule_flag, tmp_path, capsys):
+def test_rule_flag_that_does_not_apply_to_the_rule(tmp_path, capsys):
     workdir = tmp_path / "w"
-    args = ["train", rule_flag, "bp", "--alpha", "0.3", "--max-train", "500", "--widths", "16"]
+    args = ["train", "--rule", "bp", "--alpha", "0.3", "--max-train", "500", "--widths", "16"]
     code, err = _run_cli([*args, "--epochs", "1", "--workdir", str(workdir)], capsys)
     assert code == 2 and "--alpha" in err and "bp" in err
     assert not workdir.exists()
-
-
-def test_old_flat_config_dict_reads_as_a_rule():
-    """config.json of runs written before the rule was one field: algo, alpha, beta, ... flat."""
-    old = {"algo": "bp", "alpha": 0.5, "beta": 0.01, "loss": "softmax_ce", "widths": [16]}
-    old |= {"passes": 0, "schedule": "alternating", "dtype": "float32", "fast": False}
-    cfg = TrainConfig.from_dict(old)
-    assert cfg.rule == rules.backprop()
-    assert cfg.widths == (16,)
-    dp_old = TrainConfig.from_dict({"algo": "dp", "alpha": 0.3, "beta": 0.05, "passes": 1})
-    assert dp_old.rule == rules.dual_prop(variant="dp", alpha=0.3, beta=0.05, passes=1)
-    # a config without algo (the flat default) is DP⊤
-    assert TrainConfig.from_dict({"beta": 0.02}).rule == rules.dual_prop(beta=0.02)
 
 
 def test_multi_process_run_without_workdir_is_refused_before_jax_distributed_starts(

@@ -7,6 +7,7 @@ The learning rule is one field, ``rule`` (a :mod:`dualprop_jax.rules` value); in
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import numbers
 from typing import Any
@@ -30,8 +31,9 @@ FREE_ON_RESUME = (
     "feed",
 )
 
-# Flat rule fields of configs written before the rule was one field (config.json of old runs).
-_LEGACY_RULE_KEYS = ("algo", "alpha", "beta", "loss", "passes", "schedule", "dtype", "fast")
+# Rule settings that a config of the old flat format held at the top level (refused; see
+# check_fields).
+_FLAT_RULE_KEYS = ("algo", "alpha", "beta", "loss", "passes", "schedule", "dtype", "fast")
 
 
 def _bad(field: str, value: object, allowed: str) -> ValueError:
@@ -142,30 +144,27 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        """The inverse of :meth:`to_dict`. Also reads the flat rule fields (``algo``, ``alpha``,
-        ``beta``, ...) of configs written before the rule was one field."""
-        d = fold_legacy_rule(dict(d))
-        fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - fields
-        if unknown:
-            raise ValueError(
-                f"unknown TrainConfig fields {sorted(unknown)}; known: {sorted(fields)}"
-            )
+        """The inverse of :meth:`to_dict`; refuses unknown fields (:func:`check_fields`)."""
+        check_fields(d)
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
 
-def fold_legacy_rule(d: dict[str, Any]) -> dict[str, Any]:
-    """Move the flat rule fields of older configs (``algo``, ``alpha``, ...) into ``rule``."""
-    d = dict(d)
-    legacy = {k: d.pop(k) for k in _LEGACY_RULE_KEYS if k in d}
-    if not legacy:
-        return d
-    if "rule" in d:
+def check_fields(d: dict[str, Any]) -> None:
+    """Raise a ValueError if ``d`` holds a key that is no TrainConfig field; for the rule
+    settings of the old flat format (``algo``, ``alpha``, ... at the top level), one that
+    shows the current format, where the rule is one field."""
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    flat = sorted(k for k in d if k in _FLAT_RULE_KEYS)
+    if flat:
+        name = d.get("algo", "dp_top")
+        takes = rules.fields_of(name) if name in rules.NAMES else ()
+        settings = {k: d[k] for k in flat if k in takes}
+        example = json.dumps({"rule": {"name": name, **settings}})
         raise ValueError(
-            f"config gives both 'rule' and the flat rule field(s) {sorted(legacy)}; put them "
-            'inside \'rule\', e.g. "rule": {"name": "dp_top", "beta": 0.01}.'
+            f"config holds the rule settings {flat} at the top level, the old flat format, "
+            f"which is no longer read. The rule is one field now: {example[1:-1]} (a bare name, "
+            '"rule": "dp_top", takes the defaults; see experiments/configs/).'
         )
-    name = legacy.pop("algo", "dp_top")
-    allowed = rules.fields_of(name)
-    d["rule"] = {"name": name, **{k: v for k, v in legacy.items() if k in allowed}}
-    return d
+    unknown = set(d) - fields
+    if unknown:
+        raise ValueError(f"unknown TrainConfig fields {sorted(unknown)}; known: {sorted(fields)}")

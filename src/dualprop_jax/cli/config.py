@@ -1,0 +1,68 @@
+"""The TrainConfig of ``dualprop train``: a ``--config`` JSON file, overridden by the flags."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import pathlib
+
+from dualprop_jax import rules
+from dualprop_jax.cli.parsers import RULE_FLAGS, SWITCHES
+from dualprop_jax.training.config import TrainConfig, check_fields
+
+
+def read_config_file(path: pathlib.Path) -> dict:
+    """The fields in a JSON config file (the current format: the rule is one field)."""
+    if not path.is_file():
+        raise ValueError(f"config file {path} does not exist.")
+    try:
+        values = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(
+            f"config file {path} is not valid JSON ({e.msg} at line {e.lineno}, "
+            f"column {e.colno}); fix it, or see experiments/configs/ for examples."
+        ) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"config file {path} cannot be read: {e}.") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"config file {path} must hold a JSON object of fields.")
+    try:
+        check_fields(values)
+    except ValueError as e:
+        raise ValueError(f"config file {path}: {e}") from None
+    return values
+
+
+def _rule_from_args(args: argparse.Namespace, given: dict | str | None) -> dict:
+    """The rule dict: the config file's rule, then ``--rule`` and the rule flags over it.
+
+    Switching ``--rule`` keeps only the file's settings the new rule takes; a flag the rule
+    does not take is an error.
+    """
+    rule = {"name": given} if isinstance(given, str) else dict(given or {"name": "dp_top"})
+    name = args.rule_name or rule.get("name", "dp_top")
+    if name != rule.get("name"):
+        rule = {k: v for k, v in rule.items() if k in rules.fields_of(name)}
+    settings = [s for _, (s, _) in RULE_FLAGS.items()] + list(SWITCHES)
+    flags = {s: getattr(args, f"rule_{s}") for s in settings}
+    flags = {s: v for s, v in flags.items() if v is not None}
+    misplaced = [s for s in flags if s not in rules.fields_of(name)]
+    if misplaced:
+        shown = ", ".join(f"--{s}" for s in misplaced)
+        raise ValueError(
+            f"{shown} does not apply to --rule {name} (its settings: "
+            f"{', '.join(rules.fields_of(name))}); drop it, or choose a --rule that takes it."
+        )
+    return {**rule, **flags, "name": name}
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """TrainConfig from an optional JSON file, overridden by the flags that were given."""
+    values = {} if args.config is None else read_config_file(args.config)
+    for f in dataclasses.fields(TrainConfig):
+        v = getattr(args, f.name, None)
+        if v is not None and f.name != "rule":
+            values[f.name] = v
+    values["rule"] = _rule_from_args(args, values.get("rule"))
+    return TrainConfig.from_dict(values)
