@@ -15,7 +15,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from dualprop_jax.core.states import wide
+from dualprop_jax.core.states import check_net, wide
 
 INIT_POWER_ITERATIONS = 50
 """Power iterations :func:`init_damping` runs from its random start, so that the first γ_k are
@@ -83,6 +83,7 @@ def init_damping(net, params, dtype="float32") -> DampingState:
     :func:`start_vector` after :data:`INIT_POWER_ITERATIONS` power iterations (in at least
     float32). ``ValueError`` where the network is a graph, or a conv map's input shape is
     unknown (a ``Network`` built by hand without ``input_shape``)."""
+    check_net(net)
     net.require_chain("damped DP")
     dtype = wide(jnp.dtype(dtype))
     shapes = net.map_input_shapes(params)

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from dualprop_jax.core.nodes import map_vjp
+from dualprop_jax.core.states import check_net
 from dualprop_jax.models import kernel_initializer
 
 
@@ -28,6 +29,7 @@ def init_feedback(net, params, key: jax.Array):
     maps k = 1..L-1, each of W_k's shape and dtype, drawn from ``key`` (folded with k)
     independently of W_k by the builders' initializer (He normal for hidden maps, LeCun normal
     for the output map)."""
+    check_net(net)
     net.require_chain("Kolen–Pollack DP")
     L = net.num_maps
     feedback = {}

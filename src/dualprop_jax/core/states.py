@@ -66,9 +66,20 @@ def check_net(net) -> None:
 def check_batch(net, x: jax.Array, y: jax.Array) -> None:
     """``ValueError`` naming the problem where ``x`` is not a batch of the network's inputs or
     ``y`` does not match it (the leading axis is the batch)."""
+    check_input(net, x)
+    if y.ndim < 1 or y.shape[0] != x.shape[0]:
+        raise ValueError(
+            f"targets y of shape {y.shape} do not match the batch of x of shape {x.shape}: "
+            "the leading (batch) sizes must be equal."
+        )
+
+
+def check_input(net, x) -> None:
+    """``ValueError`` where ``x`` (anything with a ``shape``) is not a batch of the network's
+    inputs: ``net.input_shape`` per example, or for a flat input any shape of that size."""
     check_net(net)
     shape = getattr(net, "input_shape", None)
-    if x.ndim < 2:
+    if len(x.shape) < 2:
         raise ValueError(f"x must be a batch with a leading batch axis, got shape {x.shape}.")
     if shape is not None:
         flat = len(shape) == 1 and math.prod(x.shape[1:]) == shape[0]
@@ -77,11 +88,6 @@ def check_batch(net, x: jax.Array, y: jax.Array) -> None:
                 f"x has per-example shape {tuple(x.shape[1:])} but the network takes "
                 f"net.input_shape = {tuple(shape)}: pass x of shape (batch, *{tuple(shape)})."
             )
-    if y.ndim < 1 or y.shape[0] != x.shape[0]:
-        raise ValueError(
-            f"targets y of shape {y.shape} do not match the batch of x of shape {x.shape}: "
-            "the leading (batch) sizes must be equal."
-        )
 
 
 def batch_loss(loss: str, y_hat: jax.Array, t: jax.Array) -> jax.Array:

@@ -78,10 +78,40 @@ def conv_net(
         )
     if layout not in LAYOUTS:
         raise ValueError(f"layout={layout!r} is unknown; choose one of {LAYOUTS}.")
+    specs, pools = _parse_blocks(blocks)
+    widths = [*list(dense), num_classes]
+    n = len(specs) + len(widths)
+    kw = dict(rngs=rngs, param_dtype=param_dtype)
     pooled = layout == "pooled"
     h, w, c = (int(d) for d in input_shape)
-    specs: list[int] = []  # conv widths
-    pools: list[bool] = []  # pool after conv i
+    layers: list[nnx.Module] = []
+    pool_next = False
+    for i, out in enumerate(specs):
+        pool_in, pool_out = pool_next and not pooled, pools[i] and pooled
+        init = kernel_initializer(i, n)
+        layers.append(Conv(c, out, kernel_size=kernel_size, pool_input=pool_in,
+                           pool_output=pool_out, kernel_init=init, **kw))  # fmt: skip
+        if pool_next:
+            h, w = h // 2, w // 2
+        c, pool_next = out, pools[i]
+    if pool_next:
+        h, w = h // 2, w // 2
+    if h < 1 or w < 1:
+        raise ValueError(f"too many max-pools for input {tuple(input_shape)}: spatial size hits 0.")
+    d_in = h * w * c
+    for j, out in enumerate(widths):
+        first = j == 0
+        layers.append(Dense(d_in, out, flatten=first and bool(specs),
+                            pool_input=first and pool_next and not pooled,
+                            kernel_init=kernel_initializer(len(specs) + j, n), **kw))  # fmt: skip
+        d_in = out
+    return Network(layers, activation, input_shape=tuple(int(d) for d in input_shape))
+
+
+def _parse_blocks(blocks) -> tuple[list[int], list[bool]]:
+    """``(conv widths, pool after conv i)`` of a block spec such as :data:`VGG16`."""
+    specs: list[int] = []
+    pools: list[bool] = []
     for b in blocks:
         if b == "M":
             if not specs or pools[-1]:
@@ -92,46 +122,7 @@ def conv_net(
             pools.append(False)
         else:
             raise ValueError(f"blocks entries must be positive ints or 'M', got {b!r}.")
-    widths = [*list(dense), num_classes]
-    n = len(specs) + len(widths)
-    layers: list[nnx.Module] = []
-    pool_next = False
-    for i, out in enumerate(specs):
-        layers.append(
-            Conv(
-                c,
-                out,
-                kernel_size=kernel_size,
-                pool_input=pool_next and not pooled,
-                pool_output=pools[i] and pooled,
-                rngs=rngs,
-                param_dtype=param_dtype,
-                kernel_init=kernel_initializer(i, n),
-            )
-        )
-        if pool_next:
-            h, w = h // 2, w // 2
-        c, pool_next = out, pools[i]
-    if pool_next:
-        h, w = h // 2, w // 2
-    if h < 1 or w < 1:
-        raise ValueError(f"too many max-pools for input {tuple(input_shape)}: spatial size hits 0.")
-    d_in = h * w * c
-    for j, out in enumerate(widths):
-        k = len(specs) + j
-        layers.append(
-            Dense(
-                d_in,
-                out,
-                flatten=(j == 0 and bool(specs)),
-                pool_input=(j == 0 and pool_next and not pooled),
-                rngs=rngs,
-                param_dtype=param_dtype,
-                kernel_init=kernel_initializer(k, n),
-            )
-        )
-        d_in = out
-    return Network(layers, activation, input_shape=tuple(int(d) for d in input_shape))
+    return specs, pools
 
 
 def cnn(
@@ -213,24 +204,8 @@ def resnet(
     block starts as its skip path; stem, projections and head as the chain builders
     (:func:`kernel_initializer`).
     """
-    if len(input_shape) != 3:
-        raise ValueError(f"resnet needs an image input shape (H, W, C), got {tuple(input_shape)}.")
-    widths, blocks = tuple(int(w) for w in widths), tuple(int(b) for b in blocks)
-    if not widths or len(widths) != len(blocks) or min(widths) < 1 or min(blocks) < 1:
-        raise ValueError(
-            f"resnet needs one positive width and block count per stage, got widths={widths}, "
-            f"blocks={blocks}."
-        )
+    widths, blocks = _check_resnet(widths, blocks, input_shape, downsample)
     h, w, c = (int(d) for d in input_shape)
-    if h >> (len(widths) - 1) < 1 or w >> (len(widths) - 1) < 1:
-        raise ValueError(
-            f"input {tuple(input_shape)} is too small for {len(widths)} stages (each after the "
-            "first halves it)."
-        )
-    if downsample not in ("pool_conv", "conv_pool"):
-        raise ValueError(
-            f"downsample={downsample!r} is unknown; choose 'pool_conv' or 'conv_pool'."
-        )
     first_init, last_init = fixup_initializers(sum(blocks))
     kw = dict(rngs=rngs, param_dtype=param_dtype)
     stem = widths[0] if stem is None else int(stem)
@@ -242,20 +217,7 @@ def resnet(
             down = s > 0 and b == 0
             name = f"s{s}b{b}"
             edges += [(node, f"{name}.h"), (f"{name}.h", name), (node, name)]
-            maps += [
-                Conv(
-                    c,
-                    width,
-                    pool_input=down and downsample == "pool_conv",
-                    pool_output=down and downsample == "conv_pool",
-                    kernel_init=first_init,
-                    **kw,
-                ),
-                Conv(width, width, kernel_init=last_init, **kw),
-                Conv(c, width, kernel_size=1, pool_input=down, kernel_init=OUTPUT_INIT, **kw)
-                if down or c != width
-                else Identity(),
-            ]
+            maps += _basic_block(c, width, down, downsample, (first_init, last_init), kw)
             if down:
                 h, w = h // 2, w // 2
             node, c = name, width
@@ -264,6 +226,44 @@ def resnet(
     hidden = {v for e in edges for v in e} - {"input", "output"}
     graph = Graph.from_edges(edges, {v: activation for v in hidden})
     return Network(maps, activation, input_shape=tuple(int(d) for d in input_shape), graph=graph)
+
+
+def _check_resnet(widths, blocks, input_shape, downsample) -> tuple[tuple, tuple]:
+    """``(widths, blocks)`` as int tuples, or a ``ValueError`` naming what does not fit."""
+    if len(input_shape) != 3:
+        raise ValueError(f"resnet needs an image input shape (H, W, C), got {tuple(input_shape)}.")
+    widths, blocks = tuple(int(w) for w in widths), tuple(int(b) for b in blocks)
+    if not widths or len(widths) != len(blocks) or min(widths) < 1 or min(blocks) < 1:
+        raise ValueError(
+            f"resnet needs one positive width and block count per stage, got widths={widths}, "
+            f"blocks={blocks}."
+        )
+    h, w = (int(d) for d in input_shape[:2])
+    if h >> (len(widths) - 1) < 1 or w >> (len(widths) - 1) < 1:
+        raise ValueError(
+            f"input {tuple(input_shape)} is too small for {len(widths)} stages (each after the "
+            "first halves it)."
+        )
+    if downsample not in ("pool_conv", "conv_pool"):
+        raise ValueError(
+            f"downsample={downsample!r} is unknown; choose 'pool_conv' or 'conv_pool'."
+        )
+    return widths, blocks
+
+
+def _basic_block(c: int, width: int, down: bool, downsample: str, inits, kw) -> list[nnx.Module]:
+    """The three maps of a basic block (W₁, W₂, skip), built in that order: W₁ pools its input
+    (``pool_conv``) or output (``conv_pool``) when the block downsamples; the skip is a 1x1
+    projection (of the pooled input) where the shape changes, else the identity."""
+    first_init, last_init = inits
+    pool_conv, conv_pool = down and downsample == "pool_conv", down and downsample == "conv_pool"
+    return [
+        Conv(c, width, pool_input=pool_conv, pool_output=conv_pool, kernel_init=first_init, **kw),
+        Conv(width, width, kernel_init=last_init, **kw),
+        Conv(c, width, kernel_size=1, pool_input=down, kernel_init=OUTPUT_INIT, **kw)
+        if down or c != width
+        else Identity(),
+    ]
 
 
 def resnet8(**kwargs) -> Network:

@@ -40,6 +40,8 @@ from typing import Any, ClassVar
 import jax
 import numpy as np
 
+from dualprop_jax.core.states import check_input
+
 RULES: dict[str, type] = {}
 """Rule name -> rule class (``"dp"`` and ``"dp_top"`` are both :class:`DualProp`)."""
 
@@ -111,6 +113,7 @@ class Rule:
     def predict(self, net, params, x) -> jax.Array:
         """The prediction ŷ for a batch ``x``: the feedforward output (EP and CHL: the output of
         their free phase)."""
+        check_input(net, x)
         return net.forward(params, x, jax.numpy.dtype(self.dtype))
 
     def metrics(self, net, params, state) -> dict[str, jax.Array]:

@@ -28,7 +28,7 @@ from jax.sharding import Mesh
 
 from dualprop_jax import models
 from dualprop_jax.core import alignment
-from dualprop_jax.core.states import check_net
+from dualprop_jax.core.states import check_input, check_net
 from dualprop_jax.data import Dataset
 from dualprop_jax.data.pipeline import augment_batch, padded_batches
 from dualprop_jax.losses import num_correct, per_example_loss, targets_as_array
@@ -52,6 +52,7 @@ class TrainState(NamedTuple):
     ) -> TrainState:
         """The initial state: ``optimizer.init(params)`` and ``rule.init(net, params)``,
         replicated over ``mesh`` when one is given."""
+        check_net(net)
         state = cls(params, optimizer.init(params), check_rule(rule).init(net, params))
         return par.put_replicated(state, mesh)
 
@@ -185,6 +186,7 @@ def evaluate(
     x, y = data.split(split) if isinstance(data, Dataset) else data
     if len(x) == 0:
         return {"loss": float("nan"), "accuracy": float("nan")}
+    check_input(net, np.asarray(x[:1]))
     batch_size += (-batch_size) % par.num_devices(mesh)
     eval_step = make_eval_step(net, mesh)
     sharding = par.batch_sharding(mesh)

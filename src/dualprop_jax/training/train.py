@@ -90,21 +90,7 @@ def train_and_evaluate(
     saved = meta["epoch"]  # the newest epoch on disk; meta runs ahead of it until the save
     try:
         for epoch in range(meta["epoch"] + 1, config.epochs + 1):
-            emit("epoch_start", {"epoch": epoch, "steps": len(ds.x_train) // config.batch_size})
-            try:
-                result = train_epoch(
-                    run.step, state, ds, batch_size=config.batch_size, epoch=epoch,
-                    seed=config.seed, mesh=run.mesh, log_every=log_every,
-                    diagnostics=run.diagnostics, on_progress=lambda info: emit("step", info),
-                    feed=run.feed,
-                )  # fmt: skip
-            except DivergenceError as e:
-                raise DivergenceError(_divergence_advice(str(e), config, meta, workdir)) from None
-            state = result.state
-            val = run.evaluate(state.params, ds, "val")
-            val.update(run.rule_metrics(state))
-            if _record_epoch(meta, epoch, result, val, has_val=len(ds.x_val) > 0):
-                best = jax.tree.map(jnp.copy, state.params)  # the step donates its input state
+            state, best = _run_epoch(run, (state, best), meta, ds, epoch, emit, log_every, workdir)
             checkpoint = _checkpoint(state, best)
             try:
                 checkpoints.save(mgr, epoch, checkpoint, meta)
@@ -125,6 +111,28 @@ def train_and_evaluate(
             write_plots(workdir, results)
     emit("end", results)
     return results
+
+
+def _run_epoch(run, state_best, meta, ds, epoch, emit, log_every, workdir):
+    """Train epoch ``epoch``, validate it and record it in ``meta``: ``(state, best params)``."""
+    state, best = state_best
+    config = run.config
+    emit("epoch_start", {"epoch": epoch, "steps": len(ds.x_train) // config.batch_size})
+    try:
+        result = train_epoch(
+            run.step, state, ds, batch_size=config.batch_size, epoch=epoch,
+            seed=config.seed, mesh=run.mesh, log_every=log_every,
+            diagnostics=run.diagnostics, on_progress=lambda info: emit("step", info),
+            feed=run.feed,
+        )  # fmt: skip
+    except DivergenceError as e:
+        raise DivergenceError(_divergence_advice(str(e), config, meta, workdir)) from None
+    state = result.state
+    val = run.evaluate(state.params, ds, "val")
+    val.update(run.rule_metrics(state))
+    if _record_epoch(meta, epoch, result, val, has_val=len(ds.x_val) > 0):
+        best = jax.tree.map(jnp.copy, state.params)  # the step donates its input state
+    return state, best
 
 
 def _usable_workdir(workdir: str | os.PathLike, create: bool = False) -> pathlib.Path:
