@@ -23,6 +23,7 @@ import dualprop_jax as dp
 from dualprop_jax import cli, rules
 from dualprop_jax.training import checkpoints, plots, progress
 from dualprop_jax.training.config import TrainConfig
+from dualprop_jax.training.progress import ConsoleProgress
 
 
 @pytest.fixture(scope="module")
@@ -343,7 +344,7 @@ def test_train_and_evaluate_from_python_shows_progress_and_writes_plots(fmnist_n
 
     stream = io.StringIO()
     cfg = TrainConfig(dataset=str(fmnist_npz), widths=(32,), epochs=2, diagnostics_every=3)
-    dp.train_and_evaluate(cfg, tmp_path / "r", hook=dp.ConsoleProgress(stream))
+    dp.train_and_evaluate(cfg, tmp_path / "r", hook=ConsoleProgress(stream))
     text = stream.getvalue()
     assert text.count("\nepoch ") == 2 and "test accuracy:" in text
     assert (tmp_path / "r" / "curves.png").stat().st_size > 0

@@ -93,7 +93,8 @@ def test_integer_targets_with_wrong_shape(small_net):
 def test_targets_with_wrong_batch(small_net):
     net, params = small_net
     with pytest.raises(ValueError, match=r"leading \(batch\) sizes must be equal"):
-        dp.infer_dyads(net, params, jnp.ones((3, 6)), jnp.zeros((2,), jnp.int32), dp.rules.dual_prop())
+        rule = dp.rules.dual_prop()
+        dp.infer_dyads(net, params, jnp.ones((3, 6)), jnp.zeros((2,), jnp.int32), rule)
 
 
 def test_unknown_activation():

@@ -87,8 +87,7 @@ class TrainConfig:
             object.__setattr__(self, name, tuple(int(v) for v in value))
         if isinstance(self.rule, str | dict):
             object.__setattr__(self, "rule", rules.from_dict(self.rule))
-        if not isinstance(self.rule, rules.Rule):
-            raise _bad("rule", self.rule, "a rule (rules.dual_prop(...), rules.backprop(...))")
+        rules.check_rule(self.rule)
         self._check_choices()
         self._check_numbers()
 
