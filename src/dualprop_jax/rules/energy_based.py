@@ -7,6 +7,7 @@ free phase. Defaults follow the EP literature (Ernoult et al. 2019; Laborieux et
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, ClassVar
 
 from dualprop_jax.core import energy
@@ -32,16 +33,43 @@ STARTS = ("zero", "forward")
 """Where the free phase starts: every state at 0, or the feedforward pass."""
 
 
-def _check_energy_common(who: str, rule) -> None:
-    check_count(who, "free_steps", rule.free_steps, 1)
-    check_count(who, "unroll", rule.unroll, 1)
-    for f, allowed in (("loss", LOSSES), ("activation", SIGMAS), ("start", STARTS),
-                       ("order", ORDERS), ("dtype", DTYPES)):  # fmt: skip
-        check_choice(who, f, getattr(rule, f), allowed)
+@dataclasses.dataclass(frozen=True)
+class Relaxation(Rule):
+    """What EP and CHL share: the energy's relaxation and the loss of the free output.
+
+    Attributes:
+      free_steps: T, relaxation steps of the free phase (default 100).
+      loss: ``"squared_error"`` (default, the EP literature's MSE on a linear output) or
+        ``"softmax_ce"``.
+      activation: σ of the hidden states (:data:`SIGMAS`): ``"clip"`` (default) or ``"identity"``.
+      start: where the free phase starts (:data:`STARTS`): ``"zero"`` (default) or ``"forward"``.
+      order: ``"synchronous"`` (default) or ``"odd_even"`` (:data:`ORDERS`).
+      dtype: compute dtype of the layer maps.
+      unroll: relaxation steps per iteration of the phase loops (``fori_loop(unroll=...)``).
+    """
+
+    free_steps: int = 100
+    loss: str = "squared_error"
+    activation: str = "clip"
+    start: str = "zero"
+    order: str = "synchronous"
+    dtype: str = "float32"
+    unroll: int = 1
+
+    def _check_relaxation(self, who: str) -> None:
+        check_count(who, "free_steps", self.free_steps, 1)
+        check_count(who, "unroll", self.unroll, 1)
+        for f, allowed in (("loss", LOSSES), ("activation", SIGMAS), ("start", STARTS),
+                           ("order", ORDERS), ("dtype", DTYPES)):  # fmt: skip
+            check_choice(who, f, getattr(self, f), allowed)
+
+    def predict(self, net, params, x):
+        """The output of the free phase (:func:`~dualprop_jax.core.energy.predict`)."""
+        return energy.predict(net, params, x, self)
 
 
 @ruleclass
-class EquilibriumProp(Rule):
+class EquilibriumProp(Relaxation):
     """Equilibrium propagation (Scellier & Bengio 2017) on the layered net's energy.
 
     The net EP trains is the recurrent (Hopfield-like) net of the primitive function
@@ -83,15 +111,8 @@ class EquilibriumProp(Rule):
     """
 
     beta: Any = leaf(0.5)
-    free_steps: int = 100
     nudged_steps: int = 20
     nudging: str = "symmetric"
-    loss: str = "squared_error"
-    activation: str = "clip"
-    start: str = "zero"
-    order: str = "synchronous"
-    dtype: str = "float32"
-    unroll: int = 1
 
     name: ClassVar[str] = "ep"
 
@@ -100,7 +121,7 @@ class EquilibriumProp(Rule):
         check_real(who, "beta", self.beta, lambda b: b > 0, "a finite real number > 0")
         check_count(who, "nudged_steps", self.nudged_steps, 1)
         check_choice(who, "nudging", self.nudging, NUDGINGS)
-        _check_energy_common(who, self)
+        self._check_relaxation(who)
 
     @property
     def label(self) -> str:
@@ -122,12 +143,9 @@ class EquilibriumProp(Rule):
     def grad(self, net, params, state, x, y):
         return (*energy.ep_grad(net, params, x, y, self), state)
 
-    def predict(self, net, params, x):
-        return energy.predict(net, params, x, self)
-
 
 @ruleclass
-class ContrastiveHebbian(Rule):
+class ContrastiveHebbian(Relaxation):
     """Contrastive Hebbian learning (Movellan 1991) on the same energy and relaxation as
     :class:`EquilibriumProp`: a free phase, then a phase of ``clamped_steps`` from the free
     state with the output clamped to the target, s_L = y. Gradient:
@@ -140,20 +158,13 @@ class ContrastiveHebbian(Rule):
     (default 20) replaces ``nudged_steps``.
     """
 
-    free_steps: int = 100
     clamped_steps: int = 20
-    loss: str = "squared_error"
-    activation: str = "clip"
-    start: str = "zero"
-    order: str = "synchronous"
-    dtype: str = "float32"
-    unroll: int = 1
 
     name: ClassVar[str] = "chl"
 
     def __post_init__(self) -> None:
         check_count("chl", "clamped_steps", self.clamped_steps, 1)
-        _check_energy_common("chl", self)
+        self._check_relaxation("chl")
 
     @property
     def label(self) -> str:
@@ -172,9 +183,6 @@ class ContrastiveHebbian(Rule):
 
     def grad(self, net, params, state, x, y):
         return (*energy.chl_grad(net, params, x, y, self), state)
-
-    def predict(self, net, params, x):
-        return energy.predict(net, params, x, self)
 
 
 def equilibrium_prop(**settings) -> EquilibriumProp:

@@ -86,14 +86,9 @@ def chain_only(label: str) -> bool:
 
 
 def train_config(
-    label: str,
-    alpha: float,
-    beta: float,
-    dtype: str,
-    passes: int,
-    free_steps: int = 100,
-    nudged_steps: int = 20,
-) -> TrainConfig:
+    label: str, alpha: float, beta: float, dtype: str, passes: int,
+    free_steps: int = 100, nudged_steps: int = 20,
+) -> TrainConfig:  # fmt: skip
     """The training config of one benchmark row: its rule and the shared optimizer.
 
     Every rule uses the paper's VGG optimizer, SGD with momentum 0.9, decoupled weight decay
