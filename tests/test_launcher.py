@@ -48,8 +48,8 @@ if how == "error":
     print("dualprop: error: something the user can fix", file=sys.stderr)
     sys.exit(2)
 if how == "interrupt":
-    print("ready", flush=True)
-    try:
+    try:  # before "ready": the test sends Ctrl-C once it reads that
+        print("ready", flush=True)
         time.sleep(120)
     except KeyboardInterrupt:
         print("dualprop: interrupted after epoch 1; continue with --resume", file=sys.stderr)
