@@ -68,12 +68,13 @@ def test_evaluate_matches_numpy_with_a_padded_last_batch():
     logits = np.asarray(dp.merge(net, params)(jnp.asarray(ds.x_test)), np.float64)
     ce = np.log(np.exp(logits).sum(-1)) - logits[np.arange(23), ds.y_test]
     for bs in (23, 10, 64):  # one batch, a padded last batch, a batch larger than the split
-        got = dp.evaluate(net, params, ds, batch_size=bs)
+        got = dp.evaluate(net, params, ds, rules.backprop(), batch_size=bs)
         assert got["accuracy"] == pytest.approx(np.mean(logits.argmax(-1) == ds.y_test))
         assert got["loss"] == pytest.approx(ce.mean(), rel=1e-5)
-    pair = dp.evaluate(net, params, (ds.x_test, ds.y_test), batch_size=10)
-    assert pair == dp.evaluate(net, params, ds, batch_size=10)
-    empty = dp.evaluate(net, params, (ds.x_test[:0], ds.y_test[:0]))
+    bp = rules.backprop()
+    pair = dp.evaluate(net, params, (ds.x_test, ds.y_test), bp, batch_size=10)
+    assert pair == dp.evaluate(net, params, ds, bp, batch_size=10)
+    empty = dp.evaluate(net, params, (ds.x_test[:0], ds.y_test[:0]), bp)
     assert np.isnan(empty["loss"]) and np.isnan(empty["accuracy"])
 
 
@@ -85,14 +86,39 @@ def _step_problem():
     return net, params, x, y
 
 
-@pytest.mark.parametrize("rule", [rules.dual_prop(alpha=0.3, beta=0.05), rules.backprop()])
+def _optax_by_hand(net, rule, opt, params, x, y, steps=3):
+    """Parameters after ``steps`` optax updates of ``rule.grad``, driven by hand."""
+    p, o = params, opt.init(params)
+    for _ in range(steps):
+        g, _, _ = rule.grad(net, p, (), x, y)
+        updates, o = opt.update(g, o, p)
+        p = optax.apply_updates(p, updates)
+    return p
+
+
+def _max_diff(a, b) -> float:
+    return max(float(np.max(np.abs(u - v))) for u, v in zip(*map(jax.tree.leaves, (a, b)), strict=True))
+
+
+@pytest.mark.parametrize("rule", [rules.dual_prop("dp", alpha=0.3, beta=1.0), rules.backprop()])
 def test_train_step_is_the_rule_gradient_through_optax(rule):
-    """Oracle: optax driven by hand on rule.grad; the metrics are the batch loss and # correct."""
+    """Oracle: optax driven by hand on rule.grad; the metrics are the batch loss and # correct.
+    At β = 1, α = 0.3 the DP gradient is far from its β → 0 value: a step that ignored β (or
+    took the rule's default β = 0.01) would miss by over 100x the tolerance, which the test
+    checks; ``rule=`` of a call trains with that rule's β, by the same oracle."""
     net, params, x, y = _step_problem()
     opt = optax.chain(optax.trace(0.9), optax.scale(-0.1))
     step = dp.make_train_step(net, rule, opt)
     state = TrainState.create(net, params, rule, opt)
     p, o = params, opt.init(params)
+    if isinstance(rule, rules.DualProp):
+        small = rule.replace(beta=0.01)
+        assert _max_diff(_optax_by_hand(net, small, opt, params, x, y), _optax_by_hand(
+            net, rule, opt, params, x, y)) > 100 * 1e-5  # fmt: skip
+        moved, _ = step(TrainState.create(net, params, rule, opt), x, y, rule=small)
+        for _ in range(2):
+            moved, _ = step(moved, x, y, rule=small)
+        assert _max_diff(moved.params, _optax_by_hand(net, small, opt, params, x, y)) < 1e-5
     for _ in range(3):
         g, aux, _ = rule.grad(net, p, (), x, y)
         correct = int(jnp.sum(jnp.argmax(aux.logits, -1) == y))
@@ -127,11 +153,21 @@ def test_an_augmenting_step_asks_for_a_key():
     rule, opt = rules.dual_prop(), optax.sgd(0.1)
     step = dp.make_train_step(net, rule, opt, augment=True)
     state = TrainState.create(net, params, rule, opt)
-    x, y = jnp.ones((4, 8, 8, 3)), jnp.arange(4) % 3
+    x = jax.random.normal(jax.random.key(3), (4, 8, 8, 3))
+    y = jnp.arange(4) % 3
     with pytest.raises(ValueError, match=r"augment=True.*pass a key"):
         step(state, x, y)
-    state, metrics = step(state, x, y, jax.random.key(0))
-    assert np.isfinite(float(metrics["loss"]))
+    # oracle: the plain step on the batch augment_batch makes from the same key
+    plain = dp.make_train_step(net, rule, opt)
+    for key in (jax.random.key(0), jax.random.key(1)):
+        xa = augment_batch(key, x)
+        assert not np.array_equal(np.asarray(xa), np.asarray(x))  # the key changes the batch
+        got, _ = step(state, x, y, key)
+        want, _ = plain(state, xa, y)
+        assert _max_diff(got.params, want.params) < 1e-6
+        assert _max_diff(got.params, plain(state, x, y)[0].params) > 1e-4
+    other, _ = step(state, x, y, jax.random.key(1))
+    assert _max_diff(other.params, step(state, x, y, jax.random.key(0))[0].params) > 1e-4
 
 
 def test_train_config_holds_the_rule():

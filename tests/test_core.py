@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from _oracles import assert_each_leaf_near
+from _oracles import assert_each_leaf_near, np_dense_dyads
 from flax import nnx
 
 import dualprop_jax as dp
@@ -114,54 +114,6 @@ def test_gradient_error_is_second_order_in_beta_at_half_and_first_order_otherwis
 # ---------------------------------------------------------------- closed form of docs/method.md
 
 
-def _np_closed_form(Ws, bs, x, t, variant, alpha, beta, f, passes=0, schedule="alternating"):
-    """The table of docs/method.md written out for a dense network with softmax CE (numpy)."""
-    L = len(Ws)
-    s, a = [x], [None]
-    for k in range(L):
-        a.append(s[k] @ Ws[k] + bs[k])
-        s.append(a[-1] if k == L - 1 else f(a[-1]))
-
-    def softmax(z):
-        e = np.exp(z - z.max(-1, keepdims=True))
-        return e / e.sum(-1, keepdims=True)
-
-    g_hat = softmax(a[L]) - t  # g at the forward prediction ŷ = a_L
-
-    def out(a_L):
-        # DP (2023) nudges by g at the current output; DP⊤ by g(ŷ), fixed during the passes
-        g = softmax(a_L) - t if variant == "dp" else g_hat
-        if variant == "dp":
-            return a_L - alpha * beta * g, a_L + (1 - alpha) * beta * g
-        return a_L - (1 - alpha) * beta * g, a_L + alpha * beta * g
-
-    def hidden(a_k, fb):
-        if variant == "dp":
-            return f(a_k + alpha * fb), f(a_k - (1 - alpha) * fb)
-        return f(a_k + (1 - alpha) * fb), f(a_k - alpha * fb)
-
-    sp, sm = list(s), list(s)
-    sp[L], sm[L] = out(a[L])
-    for k in range(L - 1, 0, -1):
-        sp[k], sm[k] = hidden(a[k], (sp[k + 1] - sm[k + 1]) @ Ws[k].T)
-
-    def solve(k):
-        bar = alpha * sp[k - 1] + (1 - alpha) * sm[k - 1]
-        a_k = bar @ Ws[k - 1] + bs[k - 1]
-        if k == L:
-            sp[k], sm[k] = out(a_k)
-        else:
-            sp[k], sm[k] = hidden(a_k, (sp[k + 1] - sm[k + 1]) @ Ws[k].T)
-
-    for _ in range(passes):
-        for k in range(1, L + 1):
-            solve(k)
-        if schedule == "alternating":
-            for k in range(L - 1, 0, -1):
-                solve(k)
-    return sp, sm
-
-
 @pytest.mark.parametrize("variant", ["dp", "dp_top"])
 @pytest.mark.parametrize(
     ("passes", "schedule"), [(0, "alternating"), (2, "alternating"), (3, "bottom_up")]
@@ -185,7 +137,7 @@ def test_dyads_equal_closed_form_dense(variant, passes, schedule):
         dy = dp.infer_dyads(net, params, jnp.asarray(x), jnp.asarray(y), cfg)
         Ws = [np.asarray(params["layers"][k]["kernel"]) for k in range(3)]
         bs = [np.asarray(params["layers"][k]["bias"]) for k in range(3)]
-        sp, sm = _np_closed_form(
+        sp, sm = np_dense_dyads(
             Ws, bs, x, np.eye(3)[y], variant, alpha, beta, np.tanh, passes, schedule
         )
         for k in range(4):
