@@ -97,7 +97,8 @@ def _optax_by_hand(net, rule, opt, params, x, y, steps=3):
 
 
 def _max_diff(a, b) -> float:
-    return max(float(np.max(np.abs(u - v))) for u, v in zip(*map(jax.tree.leaves, (a, b)), strict=True))
+    pairs = zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
+    return max(float(np.max(np.abs(u - v))) for u, v in pairs)
 
 
 @pytest.mark.parametrize("rule", [rules.dual_prop("dp", alpha=0.3, beta=1.0), rules.backprop()])
