@@ -427,6 +427,34 @@ def test_kp_with_b_equal_to_w_is_dp(kind, variant, passes):
         assert max(float(a) for a in angles.values()) < 1e-5
 
 
+@pytest.mark.parametrize("kind", ["mlp", "cnn"])
+def test_damped_kp_is_a_combination_of_parts(kind):
+    """Damped Kolen–Pollack DP is the damped update with KP's feedback part, no branch of its
+    own. Oracles: with B_k = W_k it is damped DP (same L_k, same dyads, same gradient), and
+    with B_k ≠ W_k it is neither plain KP nor damped DP. Kernels are scaled so that every
+    L_k > 0: a combination that dropped the damping (or the B_k) would show."""
+    with jax.enable_x64(True):
+        net, params, x, y = _net(kind)
+        params = _scale_kernels(params, {k: 3.0 for k in range(1, net.num_maps)})
+        damped = rules.damped_dual_prop("dp_top", alpha=0.3, beta=0.5, passes=2,
+                                        dtype="float64")  # fmt: skip
+        both = damped.replace(feedback="kolen_pollack")
+        state = damped.init(net, params)
+        gammas = damped.metrics(net, params, state)
+        assert min(float(g) for g in gammas.values()) > 1.2  # every L_k > 0
+        kp_params = both.init_params(net, params, jax.random.key(3))
+        same = {**kp_params, "feedback": {
+            k: {"kernel": params["layers"][k]["kernel"]} for k in kp_params["feedback"]}}
+        g_damped, _, s_damped = _jit_grad(net, x, y)(damped, params, state)
+        g_both, _, s_both = _jit_grad(net, x, y)(both, same, state)
+        assert _max_rel(g_both["layers"], g_damped["layers"]) < EXACT
+        assert _max_rel(s_both.vectors, s_damped.vectors) < EXACT
+        g_b, _, _ = _jit_grad(net, x, y)(both, kp_params, state)
+        g_kp, _, _ = _jit_grad(net, x, y)(both.replace(damped=False), kp_params, ())
+        assert _max_rel(g_b["layers"], g_damped["layers"]) > 1e-3
+        assert _max_rel(g_b["layers"], g_kp["layers"]) > 1e-3
+
+
 @pytest.mark.parametrize("variant", ["dp", "dp_top"])
 def test_kp_feedback_is_b_transpose_delta(variant):
     """Oracle: the closed-form updates in numpy with fb_k = δ_{k+1} B_kᵀ (dense KP), one sweep
