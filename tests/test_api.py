@@ -184,5 +184,5 @@ def test_train_config_holds_the_rule():
     assert TrainConfig(rule={"name": "dp_top", "beta": 0.5}).rule == rules.dual_prop(beta=0.5)
     with pytest.raises(ValueError, match="'bp' has no setting"):
         TrainConfig(rule={"name": "bp", "alpha": 0.5})
-    with pytest.raises(ValueError, match="both 'rule' and the flat"):
+    with pytest.raises(ValueError, match="old flat format, which is no longer read"):
         TrainConfig.from_dict({"rule": "bp", "beta": 0.1})

@@ -173,11 +173,11 @@ def test_chunk_program_is_traced_and_compiled_once():
     base = make_train_step(net, rule, optimizer, mesh=mesh, donate=True, augment=True)
     traces = []
 
-    def counted(state, x, y, key):
+    def counted(rule, state, x, y, key):
         traces.append(x.shape)  # runs only while JAX traces
-        return base.jitted(state, x, y, key)
+        return base.jitted(rule, state, x, y, key)
 
-    step = TrainStep(jax.jit(counted, donate_argnums=0), augment=True)
+    step = TrainStep(jax.jit(counted, donate_argnums=1), base.rule, augment=True)
     step.donate = True  # as make_train_step(donate=True) says; else the feed traces to ask
     state = TrainState.create(net, params, rule, optimizer, mesh)
     records = 0

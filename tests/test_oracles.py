@@ -294,9 +294,10 @@ def test_test_accuracy_is_that_of_the_best_validation_epoch_not_the_last(tmp_pat
     _, at_last, _ = load_checkpoint(workdir)
     best_params, last_params = at_best["params"], at_last["params"]
     # epoch 2's parameters reproduce epoch 2's validation accuracy of metrics.csv
-    assert dp.evaluate(net, best_params, ds, split="val")["accuracy"] == val[best - 1]
-    test_best = dp.evaluate(net, best_params, ds, split="test")["accuracy"]
-    test_last = dp.evaluate(net, last_params, ds, split="test")["accuracy"]
+    rule = cfg.rule
+    assert dp.evaluate(net, best_params, ds, rule, split="val")["accuracy"] == val[best - 1]
+    test_best = dp.evaluate(net, best_params, ds, rule, split="test")["accuracy"]
+    test_last = dp.evaluate(net, last_params, ds, rule, split="test")["accuracy"]
     assert test_best != test_last, "the construction needs epochs 2 and 3 to differ on test"
     assert results["test_accuracy"] == test_best
     for got, want in zip(

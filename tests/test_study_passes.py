@@ -47,14 +47,18 @@ def test_quick_covers_every_rule_schedule_and_pass_count(quick):
 def test_passes_change_nothing_for_dp_top_at_alpha_one(quick):
     """DP⊤ at α = 1: s̄ = s⁺ = f(a) is the forward activity whatever the feedback, so the dyads
     are at their fixed point after the top-down sweep; extra passes of either schedule leave the
-    gradient, hence the whole training run, unchanged."""
+    gradient, hence the whole training run, unchanged: in exact arithmetic. α is a traced leaf
+    of the compiled step, so a pass recomputes each pre-activation from s̄ = 1·s⁺ + 0·s⁻ in a
+    fusion of its own, which may round the last bit differently; the training run amplifies
+    that to about 1e-6 of the loss. A pass that moved the dyads changes it by about 1e-2 (DP at
+    α = 1 in the same study), so rtol 1e-4 still sees one."""
     rows = [r for r in quick["rows"] if r["rule"] == "DP⊤ α=1"]
     assert {r["passes"] for r in rows} == set(passes.QUICK.passes)
     ref = rows[0]
     for row in rows[1:]:
-        np.testing.assert_allclose(row["final_loss"], ref["final_loss"], rtol=1e-6)
+        np.testing.assert_allclose(row["final_loss"], ref["final_loss"], rtol=1e-4)
         np.testing.assert_allclose(row["acc"], ref["acc"], atol=1e-4)
-        np.testing.assert_allclose(row["cos_after_layers"], ref["cos_after_layers"], atol=1e-6)
+        np.testing.assert_allclose(row["cos_after_layers"], ref["cos_after_layers"], atol=1e-5)
 
 
 def test_step_time_ratios_are_the_ms_columns_over_bps(quick):

@@ -17,8 +17,9 @@ sys.path.insert(0, str(STUDIES))
 import common  # noqa: E402
 import resnet  # noqa: E402
 
-from dualprop_jax import checkpoints, models  # noqa: E402
+from dualprop_jax import models  # noqa: E402
 from dualprop_jax.data import load_dataset  # noqa: E402
+from dualprop_jax.training import checkpoints  # noqa: E402
 
 
 @pytest.fixture(scope="module")

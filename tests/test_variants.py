@@ -471,7 +471,9 @@ def test_kp_feedback_is_b_transpose_delta(variant):
             Bs = {k: v["kernel"] for k, v in kp_params["feedback"].items()}
             assert set(Bs) == {1, 2}
             sp, sm, g = _np_dyads(params, x, y, variant, 0.3, 0.5, passes=passes, feedback=Bs)
-            dy = dp.infer_dyads(net, kp_params, x, y, rule)
+            with pytest.raises(ValueError, match="kolen_pollack feedback"):
+                dp.infer_dyads(net, kp_params, x, y, rule)  # would run plain DP: refused
+            dy = rule.infer(net, kp_params, (), x, y)
             for k in range(1, 4):
                 assert _rel(dy.s_plus[k], sp[k]) < EXACT and _rel(dy.s_minus[k], sm[k]) < EXACT
             grads, _, _ = rule.grad(net, kp_params, (), x, y)

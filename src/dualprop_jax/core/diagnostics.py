@@ -56,6 +56,7 @@ def pass_residuals(
         O(β) while the iteration is stable).
     ``config.passes`` is not used. Parts as for :func:`~dualprop_jax.core.inference.infer_dyads`.
     """
+    inference.require_parts(config, feedback, lipschitz, "pass_residuals")
     update = nodes.plain_update
     if lipschitz is not None:
         update = nodes.DampedUpdate(lipschitz)

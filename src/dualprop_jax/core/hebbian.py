@@ -63,5 +63,6 @@ def contrastive_grad(net, params, x: jax.Array, y: jax.Array, config) -> tuple[o
     """The DP / DP⊤ weight gradient ∇_θ J (same tree as ``params``) and :class:`Aux`, at the
     dyads of :func:`~dualprop_jax.core.inference.infer_dyads` (transpose feedback, plain
     update):  ∇_{W_k} J = -(1/β) δ_j s̄_iᵀ / B,  ∇_{b_k} J = -(1/β) Σ_batch δ_j / B."""
+    inference.require_parts(config, None, None, "contrastive_grad")
     dyads, y_hat, t = inference.infer(net, params, x, y, config)
     return hebbian_grad(net, params, dyads, config), Aux(batch_loss(config.loss, y_hat, t), y_hat)

@@ -134,6 +134,25 @@ def infer(
     return Dyads(*carry), st.y_hat, st.t
 
 
+def require_parts(config, feedback, lipschitz, who: str) -> None:
+    """``ValueError`` where ``config`` asks for a part the caller did not give (a damped or
+    Kolen–Pollack rule through a function that would silently run plain DP), or for the fast
+    path in a function that solves dyads; the message names the call that does it right."""
+    wants = []
+    if getattr(config, "damped", False) and lipschitz is None:
+        wants.append("damped updates (their L_k come from the rule's state)")
+    if getattr(config, "feedback", "transpose") != "transpose" and feedback is None:
+        wants.append(f"{config.feedback} feedback")
+    if getattr(config, "fast", False):
+        wants.append("the fast path (it solves no dyads: dp.fast_grad)")
+    if wants:
+        raise ValueError(
+            f"{who} runs the plain node solver, but this rule asks for {' and '.join(wants)}: "
+            "call rule.grad(net, params, state, x, y) or rule.infer(net, params, state, x, y), "
+            "with state = rule.init(net, params)."
+        )
+
+
 @functools.partial(jax.jit, static_argnames=("net", "feedback"))
 def infer_dyads(
     net, params, x: jax.Array, y: jax.Array, config, feedback=None, lipschitz=None
@@ -141,7 +160,9 @@ def infer_dyads(
     """Solve the dyads (s⁺_j, s⁻_j), j = 0..N, of a batch by the schedule of ``config``
     (module docstring). Parts: ``feedback`` (default :func:`~.nodes.transpose_feedback`), and
     the plain update, or the damped one where ``lipschitz`` ({j: L_j}) is given. A rule's own
-    parts are applied by ``rule.infer(net, params, state, x, y)``."""
+    parts are applied by ``rule.infer(net, params, state, x, y)``; a rule whose parts are not
+    given here is refused (:func:`require_parts`)."""
+    require_parts(config, feedback, lipschitz, "infer_dyads")
     update = nodes.plain_update if lipschitz is None else nodes.DampedUpdate(lipschitz)
     parts = Parts(feedback or nodes.transpose_feedback, update)
     return infer(net, params, x, y, config, parts)[0]

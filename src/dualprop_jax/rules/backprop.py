@@ -30,6 +30,6 @@ class Backprop(Rule):
         return (*core.bp_grad(net, params, x, y, self), state)
 
 
-def backprop(**settings) -> Backprop:
-    """The back-propagation rule (see :class:`Backprop`), validated."""
-    return Backprop(**settings)
+def backprop(*args, **settings) -> Backprop:
+    """The back-propagation rule (:class:`Backprop`, same arguments), validated."""
+    return Backprop(*args, **settings)

@@ -145,7 +145,7 @@ def _device_feed(step, state, dataset, order, stops, first_step, seed, mesh) -> 
     run = device_data.runner(step, mesh)
     plan, carry = device_data.start_epoch(run, state, data, order, stops, first_step, seed, mesh)
     for stop in stops:
-        carry = run.chunk(carry, data, plan, step.rule)
+        carry = run.chunk(carry, data, plan, run.rule)
         state, loss_sum, correct_sum, chunk = carry
 
         def last_batch(chunk=chunk):  # called before the next chunk donates the carry
