@@ -1,6 +1,6 @@
 """Train DP, DP⊤ and BP with the same model, optimizer and data over several seeds; write a table.
 
-Example (the command behind experiments/RESULTS.md, which was written with the old ``--algos``):
+Example:
 
     python experiments/compare.py --setups fmnist_mlp,fmnist_cnn --rules dp_top,bp,dp --seeds 0,1,2
 
@@ -71,12 +71,8 @@ def run_one(setup: str, label: str, seed: int, runs: pathlib.Path, overrides: di
 
 
 def rule_of(result: dict) -> dict:
-    """``results["rule"]``; results.json of older runs held flat ``algo``/``alpha``/``beta``."""
-    if "rule" in result:
-        return result["rule"]
-    if result.get("algo") == "bp":
-        return {"name": "bp"}
-    return {"name": result["algo"], "alpha": result["alpha"], "beta": result["beta"]}
+    """``results["rule"]`` of a run's results.json."""
+    return result["rule"]
 
 
 def _fmt(values: list[float]) -> str:
