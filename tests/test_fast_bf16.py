@@ -103,7 +103,7 @@ def test_bf16_dp_top_gradient_stays_aligned_with_float32_bp(fmnist_batch, kind, 
     net, params = dp.split(_nets()[kind])
     g_bp32, aux_bp32 = dp.bp_grad(net, params, x, y, dp.rules.dual_prop())
     cfg = dp.rules.dual_prop(variant="dp_top", alpha=0.5, beta=0.01, dtype="bfloat16", fast=fast)
-    g16, aux16 = dp.contrastive_grad(net, params, x, y, cfg)
+    g16, aux16 = (dp.fast_grad if fast else dp.contrastive_grad)(net, params, x, y, cfg)
     # parameters stay float32: the gradient tree is float32, the loss is computed in float32
     assert all(g.dtype == jnp.float32 for g in jax.tree.leaves(g16))
     assert aux16.loss.dtype == jnp.float32

@@ -44,21 +44,31 @@ def test_quick_covers_every_rule_schedule_and_pass_count(quick):
         assert np.all(np.asarray(row["first_nonfinite"]) == -1)  # nothing diverges here
 
 
+def _cos_init_spread(quick, rule: str) -> float:
+    rows = [r for r in quick["rows"] if r["rule"] == rule]
+    assert {r["passes"] for r in rows} == set(passes.QUICK.passes)
+    ref = np.asarray(rows[0]["cos_init_layers"])
+    return max(float(np.abs(np.asarray(r["cos_init_layers"]) - ref).max()) for r in rows[1:])
+
+
+def _loss_spread(quick, rule: str) -> float:
+    rows = [r for r in quick["rows"] if r["rule"] == rule]
+    ref = np.asarray(rows[0]["final_loss"])
+    return max(float(np.abs(np.asarray(r["final_loss"]) / ref - 1).max()) for r in rows[1:])
+
+
 def test_passes_change_nothing_for_dp_top_at_alpha_one(quick):
     """DP⊤ at α = 1: s̄ = s⁺ = f(a) is the forward activity whatever the feedback, so the dyads
-    are at their fixed point after the top-down sweep; extra passes of either schedule leave the
-    gradient, hence the whole training run, unchanged: in exact arithmetic. α is a traced leaf
-    of the compiled step, so a pass recomputes each pre-activation from s̄ = 1·s⁺ + 0·s⁻ in a
-    fusion of its own, which may round the last bit differently; the training run amplifies
-    that to about 1e-6 of the loss. A pass that moved the dyads changes it by about 1e-2 (DP at
-    α = 1 in the same study), so rtol 1e-4 still sees one."""
-    rows = [r for r in quick["rows"] if r["rule"] == "DP⊤ α=1"]
-    assert {r["passes"] for r in rows} == set(passes.QUICK.passes)
-    ref = rows[0]
-    for row in rows[1:]:
-        np.testing.assert_allclose(row["final_loss"], ref["final_loss"], rtol=1e-4)
-        np.testing.assert_allclose(row["acc"], ref["acc"], atol=1e-4)
-        np.testing.assert_allclose(row["cos_after_layers"], ref["cos_after_layers"], atol=1e-5)
+    are at their fixed point after the top-down sweep, and extra passes of either schedule leave
+    the gradient unchanged: its cosine to BP at initialisation agrees to float32 rounding (α is
+    a traced leaf, so a pass recomputes each pre-activation from s̄ = 1·s⁺ + 0·s⁻ in a fusion of
+    its own, which may round the last bit differently). At α = ½ the passes move the dyads, and
+    the final training loss moves by 2e-4 (relative), four times the bound at α = 1: the check has
+    power. (Trained parameters are not compared: Adam turns last-bit differences of near-zero
+    gradients into steps of the learning rate.)"""
+    assert _cos_init_spread(quick, "DP⊤ α=1") < 2e-6
+    assert _loss_spread(quick, "DP⊤ α=1") < 5e-5  # measured 3e-6: rounding through training
+    assert _loss_spread(quick, "DP⊤ α=½") > 1e-4  # measured 2e-4: the passes move α = ½
 
 
 def test_step_time_ratios_are_the_ms_columns_over_bps(quick):

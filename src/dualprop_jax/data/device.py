@@ -257,7 +257,7 @@ class Runner:
     def __init__(self, step: TrainStep, mesh: Mesh | None) -> None:
         self.step = step
         # the step's rule (α, β) on the device(s) once: no transfer per chunk
-        self.rule = par.put_replicated(step.rule, mesh) if mesh else jax.device_put(step.rule)
+        self.rule = par.put_scalars(step.rule, mesh)
         rep = {} if mesh is None else dict(out_shardings=par.replicated(mesh))
 
         def run(carry: Carry, data: DeviceData, plan: EpochPlan, rule) -> Carry:

@@ -99,6 +99,22 @@ def put_replicated(tree, mesh: Mesh | None):
     return jax.device_put(tree, replicated(mesh)) if mesh is not None else tree
 
 
+def put_scalars(tree, mesh: Mesh | None):
+    """The scalar leaves of ``tree`` (a rule's α, β) on every device of ``mesh``, once.
+
+    Python floats keep their weak type (as when passed to a jitted function), so the values
+    promote as they would there. Across processes, ``jax.device_put`` of a Python scalar to a
+    global sharding fails its equality check in this JAX, so each leaf becomes a global array of
+    the default float dtype instead (every process holds the same value).
+    """
+    if mesh is None:
+        return jax.device_put(tree)
+    if jax.process_count() == 1:
+        return jax.device_put(tree, replicated(mesh))
+    dtype = jax.dtypes.canonicalize_dtype(np.float64)
+    return jax.tree.map(lambda v: global_array(np.asarray(v, dtype), replicated(mesh)), tree)
+
+
 def as_varying(tree, axis: str = AXIS):
     """``tree`` marked as varying over mesh axis ``axis`` inside ``shard_map``.
 
