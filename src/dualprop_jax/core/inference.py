@@ -96,9 +96,7 @@ def resolve(net, params, j: int, sp: list, sm: list, t, beta_g_hat, config, part
     fb = nodes.node_feedback(net, params, j, s_bar_j, lambda i: sp[i] - sm[i], parts.feedback,
                              dtype)  # fmt: skip
     c = nodes.coefficients(config.variant, alpha)
-    sp[j], sm[j] = nodes.solve_node(
-        net.node_f(j), a, fb, c, parts.update, j, jnp.stack([sp[j], sm[j]])
-    )
+    sp[j], sm[j] = nodes.solve_node(net.node_f(j), a, fb, c, parts.update, j, (sp[j], sm[j]))
 
 
 def pass_fn(net, params, t, beta_g_hat, config, parts: Parts = DEFAULT_PARTS):

@@ -82,7 +82,9 @@ class DampedUpdate(NamedTuple):
 
     lipschitz: dict
 
-    def __call__(self, j: int, f, p: jax.Array, s_now: jax.Array) -> jax.Array:
+    def __call__(self, j: int, f, p: jax.Array, s_now) -> jax.Array:
+        if isinstance(s_now, tuple):  # (s⁺, s⁻) of the node
+            s_now = jnp.stack(s_now)
         s_now = s_now.astype(p.dtype)
         if s_now.ndim == p.ndim - 1:
             s_now = s_now[None]
@@ -98,7 +100,7 @@ def solve_node(
     float32, through ``update`` (which applies f_j once, to both pre-activations stacked on a
     new leading axis: with two f calls XLA's CPU backend recomputed δ in each consumer).
 
-    ``s_now``: the node's current states, stacked (s⁺, s⁻) or one shared state (the damped
+    ``s_now``: the node's current states, a pair (s⁺, s⁻) or one shared state (only the damped
     update reads them)."""
     c_plus, c_minus = c
     dtype = wide(a.dtype)
