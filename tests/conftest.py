@@ -7,6 +7,8 @@ import pathlib
 import numpy as np
 import pytest
 
+from dualprop_jax.data import Dataset
+
 # DUALPROP_TEST_FMNIST_DIR points the tests at a copy elsewhere (e.g. on a machine without apt).
 FMNIST_DIR = pathlib.Path(
     os.environ.get("DUALPROP_TEST_FMNIST_DIR", "/usr/share/datasets/fashion-mnist")
@@ -31,3 +33,17 @@ def fmnist_raw():
     xte = _read_idx(FMNIST_DIR / "t10k-images-idx3-ubyte.gz", 16).reshape(-1, 28, 28, 1)
     yte = _read_idx(FMNIST_DIR / "t10k-labels-idx1-ubyte.gz", 8).astype(np.int32)
     return xtr, ytr, xte, yte
+
+
+@pytest.fixture(scope="session")
+def fmnist_small(fmnist_raw):
+    """600 training, 200 validation and 500 test images of real Fashion-MNIST, standardised
+    with the training statistics."""
+    xtr, ytr, xte, yte = fmnist_raw
+    x = xtr[:800].astype(np.float32) / 255
+    mean, std = x[:600].mean(), x[:600].std()
+    x, x_test = (x - mean) / std, (xte[:500].astype(np.float32) / 255 - mean) / std
+    return Dataset(
+        "fashion_mnist", x[:600], ytr[:600], x[600:], ytr[600:800], x_test, yte[:500],
+        10, False, "fashion-mnist subset",
+    )  # fmt: skip

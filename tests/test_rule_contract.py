@@ -14,7 +14,6 @@ import pytest
 from flax import nnx
 
 import dualprop_jax as dp
-from dualprop_jax.data import Dataset
 from dualprop_jax.training import checkpoints
 from dualprop_jax.training.config import TrainConfig
 from dualprop_jax.training.steps import TrainState, evaluate, make_train_step
@@ -76,20 +75,6 @@ def np_bp_grads(params, x, t):
 def _relative_error(a, b) -> float:
     a, b = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
     return float(np.linalg.norm(a - b) / np.linalg.norm(b))
-
-
-@pytest.fixture(scope="module")
-def fmnist_small(fmnist_raw):
-    """600 training, 200 validation and 500 test images of real Fashion-MNIST, standardised
-    with the training statistics."""
-    xtr, ytr, xte, yte = fmnist_raw
-    x = xtr[:800].astype(np.float32) / 255
-    mean, std = x[:600].mean(), x[:600].std()
-    x, x_test = (x - mean) / std, (xte[:500].astype(np.float32) / 255 - mean) / std
-    return Dataset(
-        "fashion_mnist", x[:600], ytr[:600], x[600:], ytr[600:800], x_test, yte[:500],
-        10, False, "fashion-mnist subset",
-    )  # fmt: skip
 
 
 # ------------------------------------------------------------------ 6. a user's rule

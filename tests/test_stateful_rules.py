@@ -6,13 +6,11 @@ import csv
 import chex
 import numpy as np
 import optax
-import pytest
 from flax import nnx
 
 import dualprop_jax as dp
 from dualprop_jax.core.damping import DampingState
 from dualprop_jax.core.diagnostics import damping_norms
-from dualprop_jax.data import Dataset
 from dualprop_jax.training import checkpoints
 from dualprop_jax.training.config import TrainConfig
 from dualprop_jax.training.steps import TrainState, make_train_step
@@ -64,20 +62,6 @@ def test_damped_gamma_after_30_steps_is_the_spectral_norm_of_the_current_kernels
 
 
 # ------------------------------------------------------------------ kill and resume
-
-
-@pytest.fixture(scope="module")
-def fmnist_small(fmnist_raw):
-    """600 training, 200 validation and 500 test images of real Fashion-MNIST, standardised
-    with the training statistics."""
-    xtr, ytr, xte, yte = fmnist_raw
-    x = xtr[:800].astype(np.float32) / 255
-    mean, std = x[:600].mean(), x[:600].std()
-    x, x_test = (x - mean) / std, (xte[:500].astype(np.float32) / 255 - mean) / std
-    return Dataset(
-        "fashion_mnist", x[:600], ytr[:600], x[600:], ytr[600:800], x_test, yte[:500],
-        10, False, "fashion-mnist subset",
-    )  # fmt: skip
 
 
 def _rows(workdir) -> list[dict]:
