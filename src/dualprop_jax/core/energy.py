@@ -97,6 +97,33 @@ def _jit(*static: str):
     return functools.partial(jax.jit, static_argnames=("net", *static))
 
 
+def setup_problems(net: LayeredNet, params, phase_steps: int) -> list[str]:
+    """What makes a relaxation setup train no better than chance, each with its fix:
+
+    - a second phase of K = ``phase_steps`` steps shorter than the L maps: a step moves the
+      nudge one layer down, so the first layers' states (and their gradients) never feel it;
+    - a conv map that max-pools its input (the ``"unpooled"`` layout): Φ then weights a pool
+      window's maximum by Wᵀ s_{k+1}, which can be negative, and the relaxation can cycle
+      between tied elements without settling.
+    """
+    net.require_chain("EP and CHL (a layered Hopfield energy)")
+    problems = []
+    if phase_steps < net.num_maps:
+        problems.append(
+            f"the second phase runs {phase_steps} steps, fewer than the network's "
+            f"{net.num_maps} maps: the first layers get no error and train no better than "
+            f"chance; use at least {net.num_maps} (nudged_steps or clamped_steps)."
+        )
+    pooled_inputs = [k for k in range(1, net.num_maps) if net.pools_input(params, k)]
+    if pooled_inputs:
+        problems.append(
+            f"maps {pooled_inputs} max-pool their input (the 'unpooled' layout), where the "
+            "relaxation can cycle between tied pool elements and not settle; build the model "
+            "with layout='pooled' (--layout pooled)."
+        )
+    return problems
+
+
 def _drive(net: LayeredNet, params, x: jax.Array, dtype) -> jax.Array:
     """W_0(x): the input's drive of layer 1, constant over every phase."""
     net.require_chain("EP and CHL (a layered Hopfield energy)")

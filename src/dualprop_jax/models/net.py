@@ -219,6 +219,11 @@ class LayeredNet:
             s = s.astype(dtype)
         return nnx.merge(self.graphdefs[k], params_k)(s)
 
+    def pools_input(self, params, k: int) -> bool:
+        """Whether map k starts with a 2x2 max-pool of its input (the ``"unpooled"`` layout)."""
+        layer = nnx.merge(self.graphdefs[k], self.layer_params(params, k))
+        return bool(getattr(layer, "pool_input", False))
+
     def apply_core(self, k: int, params_k, s: jax.Array, dtype=None) -> jax.Array:
         """Map k without its max-pools, ``layer.core(s)`` (the map itself where the layer has
         no ``core`` method): an affine map, whose linear part bounds map k's Lipschitz

@@ -8,6 +8,7 @@ free phase. Defaults follow the EP literature (Ernoult et al. 2019; Laborieux et
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from typing import Any, ClassVar
 
 from dualprop_jax.core import energy
@@ -62,6 +63,13 @@ class Relaxation(Rule):
         for f, allowed in (("loss", LOSSES), ("activation", SIGMAS), ("start", STARTS),
                            ("order", ORDERS), ("dtype", DTYPES)):  # fmt: skip
             check_choice(who, f, getattr(self, f), allowed)
+
+    def init(self, net, params):
+        """``()``; warns (``UserWarning``) about a setup that would train no better than chance
+        (:func:`~dualprop_jax.core.energy.setup_problems`)."""
+        for problem in energy.setup_problems(net, params, self.phase_steps):
+            warnings.warn(f"{self.label}: {problem}", UserWarning, stacklevel=2)
+        return ()
 
     def predict(self, net, params, x):
         """The output of the free phase (:func:`~dualprop_jax.core.energy.predict`)."""
