@@ -1,5 +1,7 @@
 """Invalid configs and inputs fail early with errors that name the field, the value and the fix."""
 
+import re
+
 import jax.numpy as jnp
 import pytest
 from flax import nnx
@@ -119,3 +121,32 @@ def test_train_config_of_the_old_flat_format_is_refused_with_the_current_one():
     current = TrainConfig.from_dict({"rule": {"name": "bp"}, "widths": [16]})
     assert current.rule.name == "bp" and current.widths == (16,)
     assert TrainConfig.from_dict(current.to_dict()) == current
+
+
+@pytest.mark.parametrize(
+    "rule",
+    [
+        dp.rules.equilibrium_prop(),
+        dp.rules.chl(),
+        dp.rules.damped_dual_prop(),
+        dp.rules.kolen_pollack(),
+    ],
+)
+def test_a_chain_only_rule_on_a_residual_model_is_refused_before_any_data(rule):
+    from dualprop_jax.training.config import TrainConfig
+
+    message = re.escape(f"rule '{rule.label}' is defined for layered chains only")
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(model="resnet8", rule=rule)
+    assert TrainConfig(model="mlp", rule=rule).rule == rule  # chains take it
+
+
+def test_the_cli_refuses_ep_on_resnet8_and_leaves_no_workdir(tmp_path, capsys):
+    """The check runs when the config is built, before the data loads or the workdir exists."""
+    from dualprop_jax import cli
+
+    workdir = tmp_path / "run"
+    code = cli.main(["train", "--rule", "ep", "--model", "resnet8", "--workdir", str(workdir)])
+    err = capsys.readouterr().err
+    assert code == 2 and "defined for layered chains only" in err and "resnet8" in err
+    assert not workdir.exists()

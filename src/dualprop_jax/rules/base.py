@@ -94,6 +94,8 @@ class Rule:
     leaves: ClassVar[tuple[str, ...]] = ()
     loss: ClassVar[str] = "softmax_ce"
     dtype: ClassVar[str] = "float32"
+    on_graphs: ClassVar[bool] = True
+    """Whether the rule runs on residual/DAG networks (``False``: layered chains only)."""
 
     def init(self, net, params) -> Any:
         """The rule's state for ``params`` (``()``: this rule carries none)."""

@@ -151,6 +151,11 @@ class DualProp(Rule):
         return "+".join([self.variant, *(tag for tag, on in tags if on)])
 
     @property
+    def on_graphs(self) -> bool:  # type: ignore[override]
+        """Damped and Kolen–Pollack DP are defined for layered chains only."""
+        return not (self.damped or self.feedback == "kolen_pollack")
+
+    @property
     def unroll_factor(self) -> int:
         """Passes per iteration of the pass loop: ``unroll``, or all ``passes`` up to
         :data:`AUTO_UNROLL_PASSES` (a straight-line program XLA fuses across passes), else

@@ -49,6 +49,8 @@ class Relaxation(Rule):
       unroll: relaxation steps per iteration of the phase loops (``fori_loop(unroll=...)``).
     """
 
+    on_graphs: ClassVar[bool] = False  # a layered Hopfield energy
+
     free_steps: int = 100
     loss: str = "squared_error"
     activation: str = "clip"

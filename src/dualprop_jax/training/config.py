@@ -102,6 +102,12 @@ class TrainConfig:
         ):
             if getattr(self, name) not in allowed:
                 raise _bad(name, getattr(self, name), f"one of {allowed}")
+        if self.model in models.RESNET_PRESETS and not self.rule.on_graphs:
+            raise ValueError(
+                f"rule {self.rule.label!r} is defined for layered chains only, and model "
+                f"{self.model!r} is a residual graph; train it with dp, dp_top (plain, fast, any "
+                "passes) or bp, or choose a chain model (mlp, cnn, vgg11, vgg16)."
+            )
 
     def _check_numbers(self) -> None:
         for name in ("batch_size", "eval_batch_size", "epochs", "keep_checkpoints"):
