@@ -10,7 +10,9 @@ Two feeds give the same batches, keys and (to float rounding) parameters:
   jitted program each (:mod:`dualprop_jax.data.device`); one dispatch per chunk.
 
 Either feed yields after the steps where the host acts (the first step, every ``log_every``,
-diagnostics steps, the last); :func:`train_epoch` does that work in one place.
+diagnostics steps, the last); :func:`train_epoch` does that work in one place, including the
+divergence check: a NaN/Inf running mean loss, or one more than ``GROWTH_LIMIT`` (1000) times
+max(1, the run's first loss), raises :class:`DivergenceError`.
 """
 
 from __future__ import annotations
@@ -34,6 +36,10 @@ from dualprop_jax.training.steps import TrainState, TrainStep
 # (steps done, state, Σ loss, Σ correct, () -> the last step's (x, y)) after a step or a chunk
 _Done = tuple[int, TrainState, jax.Array, jax.Array, Callable[[], tuple]]
 
+GROWTH_LIMIT = 1e3
+"""A finite running mean loss above ``GROWTH_LIMIT · max(1, start loss)`` is a divergence: a
+cross-entropy starts near ln(classes) and falls, so normal training never gets there."""
+
 
 @dataclasses.dataclass
 class EpochResult:
@@ -41,7 +47,8 @@ class EpochResult:
 
     ``timed_s`` runs from the end of the first step (compilation excluded) to the end of the
     epoch, over ``timed_steps`` = steps - 1 steps; ``diagnostics`` holds the alignment records;
-    ``feed`` is the feed that ran, ``"device"`` or ``"host"``.
+    ``feed`` is the feed that ran, ``"device"`` or ``"host"``; ``start_loss`` is the baseline
+    of the divergence check (the ``start_loss`` passed in, else this epoch's first-step loss).
     """
 
     state: TrainState
@@ -52,6 +59,7 @@ class EpochResult:
     timed_s: float
     diagnostics: list[dict]
     feed: str = "host"
+    start_loss: float | None = None
 
 
 def train_epoch(
@@ -67,18 +75,20 @@ def train_epoch(
     on_progress: Callable[[dict], None] | None = None,
     diagnostics: tuple[Callable, int] | None = None,
     feed: str = "auto",
+    start_loss: float | None = None,
 ) -> EpochResult:
     """Run training epoch ``epoch`` (1-based) of ``dataset.x_train``.
 
     The batches are :func:`~dualprop_jax.data.pipeline.epoch_order` ``(seed, epoch)``; step i
     of the epoch has global number g = (epoch-1)·steps + i and augmentation key
-    ``step_key(seed, g)``. Every ``log_every`` steps the running mean loss is checked (NaN/Inf
-    raises :class:`DivergenceError`) and reported to ``on_progress``. ``diagnostics = (fn,
-    every)`` records ``fn(params, x, y)`` (per-leaf cosines) every ``every`` global steps.
-    ``feed``: ``"host"``, ``"device"`` (the training split kept on the device, see
-    :mod:`dualprop_jax.data.device`) or ``"auto"`` (:func:`~dualprop_jax.data.device.choose_feed`:
-    the device when the split fits its budget). The input ``state`` is donated when ``step``
-    donates.
+    ``step_key(seed, g)``. Every ``log_every`` steps the running mean loss is checked (NaN/Inf,
+    or above ``GROWTH_LIMIT`` (1000) × max(1, ``start_loss``: the run's first loss, default this
+    epoch's first) raises :class:`DivergenceError`) and reported to ``on_progress``.
+    ``diagnostics = (fn, every)`` records ``fn(params, x, y)`` (per-leaf cosines) every
+    ``every`` global steps. ``feed``: ``"host"``, ``"device"`` (the training split kept on the
+    device, see :mod:`dualprop_jax.data.device`) or ``"auto"``
+    (:func:`~dualprop_jax.data.device.choose_feed`: the device when the split fits its budget).
+    The input ``state`` is donated when ``step`` donates.
     """
     feed = device_data.choose_feed(feed, dataset, mesh)
     order = epoch_order(len(dataset.x_train), batch_size, seed, epoch)
@@ -93,13 +103,12 @@ def train_epoch(
     t0 = t_first = time.perf_counter()
     for n, state, loss_sum, correct_sum, last_batch in done:
         if n == 1:
-            jax.block_until_ready(state.params)
-            t_first = time.perf_counter()
+            start_loss, t_first = _first_step(state, loss_sum, start_loss)
         if every and (first_step + n - 1) % every == 0:
             cos = jax.device_get(diagnostics[0](state.params, *last_batch()))
             records.append({"step": first_step + n - 1, "epoch": epoch, "cosine": _floats(cos)})
         if n % log_every == 0 or n == steps:
-            _report(on_progress, epoch, n, steps, loss_sum, correct_sum, batch_size)
+            _report(on_progress, epoch, n, steps, loss_sum, correct_sum, batch_size, start_loss)
     jax.block_until_ready(state.params)
     t1 = time.perf_counter()
     return EpochResult(
@@ -111,15 +120,30 @@ def train_epoch(
         timed_s=t1 - t_first if steps > 1 else 0.0,
         diagnostics=records,
         feed=feed,
+        start_loss=start_loss,
     )
 
 
-def _report(on_progress, epoch, n, steps, loss_sum, correct_sum, batch_size) -> None:
-    """Check the running mean loss after step ``n`` of the epoch (NaN/Inf raises
-    :class:`DivergenceError`) and pass it, with the running accuracy, to ``on_progress``."""
+def _first_step(state, loss_sum, start_loss) -> tuple[float, float]:
+    """After the epoch's first step (compiled and run): ``(start_loss or that step's loss, the
+    time)``. The loss is computed with the parameters waited for, so reading it costs no wait."""
+    jax.block_until_ready(state.params)
+    start = float(loss_sum) if start_loss is None else start_loss
+    return start, time.perf_counter()
+
+
+def _report(on_progress, epoch, n, steps, loss_sum, correct_sum, batch_size, start) -> None:
+    """Check the running mean loss after step ``n`` of the epoch (NaN/Inf, or above
+    ``GROWTH_LIMIT`` × max(1, ``start``), raises :class:`DivergenceError`) and pass it, with the
+    running accuracy, to ``on_progress``."""
     mean_loss = float(loss_sum) / n
     if not math.isfinite(mean_loss):
         raise DivergenceError(f"the training loss became {mean_loss} at epoch {epoch}, step {n}.")
+    if start is not None and mean_loss > GROWTH_LIMIT * max(1.0, start):
+        raise DivergenceError(
+            f"the training loss grew from {start:.3g} to {mean_loss:.3g} at epoch {epoch}, step "
+            f"{n} (more than {GROWTH_LIMIT:g}x its start, max(1, {start:.3g})): it diverged."
+        )
     if on_progress is not None:
         progress = dict(epoch=epoch, step=n, steps=steps, loss=mean_loss)
         on_progress(dict(progress, accuracy=int(correct_sum) / (n * batch_size)))

@@ -28,7 +28,7 @@ from jax.sharding import Mesh
 
 from dualprop_jax import models
 from dualprop_jax.core import alignment
-from dualprop_jax.core.states import check_input, check_net
+from dualprop_jax.core.states import check_input, check_net, compute_dtype
 from dualprop_jax.data import Dataset
 from dualprop_jax.data.pipeline import augment_batch, padded_batches
 from dualprop_jax.losses import num_correct, per_example_loss, targets_as_array
@@ -81,18 +81,65 @@ def train_step(net, optimizer: optax.GradientTransformation, augment: bool = Fal
     return step
 
 
+def num_outputs(net, params, x) -> int:
+    """The size of the network's output for inputs like ``x`` (shapes only, nothing runs)."""
+    abstract = jax.tree.map(lambda t: jax.ShapeDtypeStruct(t.shape, t.dtype), params)
+    one = jax.ShapeDtypeStruct((1, *x.shape[1:]), jnp.float32)
+    return int(jax.eval_shape(net.forward, abstract, one).shape[-1])
+
+
+def check_labels(y, outputs: int) -> None:
+    """``ValueError`` naming the integer labels in ``y`` (host data) outside 0..outputs-1: they
+    would train silently against an all-zero one-hot target."""
+    y = np.asarray(y)
+    if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
+        return  # one-hot or soft targets, or a shape the step itself reports
+    bad = np.flatnonzero((y < 0) | (y >= outputs))
+    if bad.size:
+        shown = ", ".join(f"{int(y[i])} at index {int(i)}" for i in bad[:5])
+        more = f" and {bad.size - 5} more" if bad.size > 5 else ""
+        raise ValueError(
+            f"labels must be in 0..{outputs - 1} (the network has {outputs} outputs); got "
+            f"{shown}{more}. Remap them, or build the network with more outputs."
+        )
+
+
 class TrainStep:
     """A jitted train step: ``step(state, x, y, key=None, *, rule=None) -> (state, metrics)``.
 
     ``rule`` (default: the rule the step was made with) is an argument of the compiled program:
     another α or β reuses it. ``key`` is needed only when the step augments its batch.
+
+    Integer labels outside the network's outputs raise ``ValueError`` (given ``net``): numpy
+    labels at every call; concrete jax arrays at the first call only, so a loop over device
+    data pays no host sync per step; traced labels never.
     """
 
-    def __init__(self, jitted: Callable, rule: Rule, augment: bool, donate: bool = False):
+    def __init__(self, jitted: Callable, rule: Rule, augment: bool, donate: bool = False, net=None):
         self.jitted = jitted
         self.rule = rule
         self.augment = augment
         self.donate = donate  # whether ``jitted`` donates (deletes) its input state
+        self.net = net  # for the label check; None: no check
+        self._outputs: int | None = None  # the network's output size, found at the first call
+        self._checked_device = False  # whether a jax-array batch of labels was checked
+
+    def _check_labels(self, state: TrainState, x, y) -> None:
+        if self.net is None or not hasattr(x, "shape") or len(x.shape) < 2:
+            return
+        if isinstance(y, jax.Array):
+            if self._checked_device or isinstance(y, jax.core.Tracer):
+                return
+            self._checked_device = True  # the first call only: one sync, not one per step
+            if not y.is_fully_addressable:
+                return
+        elif not isinstance(y, np.ndarray):
+            return
+        if not np.issubdtype(y.dtype, np.integer) or y.ndim != 1:
+            return
+        if self._outputs is None:
+            self._outputs = num_outputs(self.net, state.params, x)
+        check_labels(y, self._outputs)
 
     def _args(self, state, x, y, key, rule):
         if self.augment and key is None:
@@ -104,6 +151,7 @@ class TrainStep:
         return rule, state, x, y, key if self.augment else None
 
     def __call__(self, state: TrainState, x, y, key=None, *, rule: Rule | None = None):
+        self._check_labels(state, x, y)
         return self.jitted(*self._args(state, x, y, key, rule))
 
     def lower(self, state: TrainState, x, y, key=None, *, rule: Rule | None = None):
@@ -138,7 +186,7 @@ def make_train_step(
         rep, batch = par.replicated(mesh), par.batch_sharding(mesh)
         shardings = dict(in_shardings=(rep, rep, batch, batch, rep), out_shardings=(rep, rep))
     jitted = jax.jit(step, donate_argnums=(1,) if donate else (), **shardings)
-    return TrainStep(jitted, check_rule(rule), augment, donate)
+    return TrainStep(jitted, check_rule(rule), augment, donate, net=net)
 
 
 @functools.lru_cache(maxsize=32)
@@ -151,7 +199,7 @@ def make_eval_step(net: models.LayeredNet, mesh: Mesh | None) -> Callable:
     """
 
     def eval_step(rule, params, x, y, mask):
-        compute = jnp.dtype(rule.dtype)
+        compute = compute_dtype(rule.dtype)
         y_hat = rule.predict(net, params, x).astype(jnp.promote_types(compute, jnp.float32))
         losses = per_example_loss(rule.loss, y_hat, targets_as_array(y_hat, y))
         return jnp.sum(jnp.where(mask, losses, 0.0)), num_correct(y_hat, y, mask)
@@ -179,14 +227,16 @@ def evaluate(
     soft targets. The prediction is ``rule.predict`` (the feedforward output; EP's and CHL's
     free phase), the loss and compute dtype the rule's. Batches are padded to ``batch_size``
     (rounded up to a multiple of the mesh's devices), so every batch runs one compiled
-    program. An empty split gives NaN for both.
+    program. An empty split gives NaN for both; integer labels outside the network's outputs
+    raise ``ValueError``.
     """
     check_net(net)
     check_rule(rule)
     x, y = data.split(split) if isinstance(data, Dataset) else data
     if len(x) == 0:
         return {"loss": float("nan"), "accuracy": float("nan")}
-    check_input(net, np.asarray(x[:1]))
+    check_input(net, first := np.asarray(x[:1]))
+    check_labels(y, num_outputs(net, params, first))
     batch_size += (-batch_size) % par.num_devices(mesh)
     eval_step = make_eval_step(net, mesh)
     sharding = par.batch_sharding(mesh)

@@ -70,8 +70,9 @@ def train_and_evaluate(
     are tested. ``resume=True`` continues from the latest readable checkpoint exactly (same
     data order and augmentation keys); without it, a workdir holding checkpoints is refused,
     never overwritten. ``hook(event, info)`` receives progress (``ConsoleProgress`` prints
-    it). A NaN/Inf loss raises :class:`DivergenceError`, Ctrl-C :class:`TrainingInterrupted`;
-    both keep the last checkpoint.
+    it). A NaN/Inf training loss, or one more than 1000x max(1, the run's first loss) (see
+    :data:`~dualprop_jax.training.loop.GROWTH_LIMIT`), raises :class:`DivergenceError`, Ctrl-C
+    :class:`TrainingInterrupted`; both keep the last checkpoint.
     """
     emit = hook or (lambda event, info: None)
     saved_epoch = checkpoints.resume_epoch(config, pathlib.Path(workdir), resume)
@@ -123,11 +124,13 @@ def _run_epoch(run, state_best, meta, ds, epoch, emit, log_every, workdir):
             run.step, state, ds, batch_size=config.batch_size, epoch=epoch,
             seed=config.seed, mesh=run.mesh, log_every=log_every,
             diagnostics=run.diagnostics, on_progress=lambda info: emit("step", info),
-            feed=run.feed,
+            feed=run.feed, start_loss=meta.get("start_loss"),
         )  # fmt: skip
     except DivergenceError as e:
         raise DivergenceError(_divergence_advice(str(e), config, meta, workdir)) from None
     state = result.state
+    if meta.get("start_loss") is None:  # the run's first loss, kept in checkpoints for resumes
+        meta["start_loss"] = result.start_loss
     val = run.evaluate(state.params, ds, "val")
     val.update(run.rule_metrics(state))
     if _record_epoch(meta, epoch, result, val, has_val=len(ds.x_val) > 0):
