@@ -18,6 +18,7 @@ from flax import nnx
 import dualprop_jax as dp
 from dualprop_jax import cli, rules
 from dualprop_jax.training import benchmark
+from dualprop_jax.training.config import MODELS
 
 TINY = benchmark.ModelSpec(
     lambda rngs: dp.mlp((6, 8, 8, 4), rngs=rngs), (6,), "tiny MLP 6-8-8-4", num_classes=4
@@ -61,7 +62,7 @@ def _check_schema(result, models, labels):
 def test_run_benchmark_reports_every_rule_on_the_same_model_and_batch():
     result = benchmark.run_benchmark(
         ["tiny"], batch=8, steps=3, warmup=1, specs={"tiny": TINY}, free_steps=10,
-        nudged_steps=4,
+        nudged_steps=4, rule_labels=benchmark.RULES,
     )  # fmt: skip
     _check_schema(result, ["tiny"], benchmark.RULES)
     rows = result["rows"]
@@ -98,6 +99,57 @@ def test_graph_models_get_rows_for_the_rules_defined_on_graphs_only():
         assert r["first_loss"] == pytest.approx(expected, rel=1e-5), r["rule"]
     assert set(benchmark.MODELS) >= {"resnet8", "resnet18"}
     assert benchmark.MODELS["resnet8"].graph and benchmark.MODELS["resnet18"].graph
+
+
+def _bench_args(*argv):
+    """The namespace of ``dualprop bench *argv``, parsed by the CLI's own parser."""
+    return cli.build_parser().parse_args(["bench", *argv])
+
+
+def test_bench_leaves_out_the_slow_energy_rules_unless_asked_for():
+    labels = _bench_args("--models", "mlp").rules.split(",")
+    assert not [label for label in labels if label.split("+")[0] in ("ep", "chl")]
+    assert labels == ["bp", "dp_top", "dp", "dp+fast", "dp_top+damped", "dp+kp"]
+    # the library's own default is the same: run_benchmark / bench_model without rule_labels
+    assert tuple(benchmark.BENCH_OPTIONS["rule_labels"]) == benchmark.DEFAULT_RULES
+    assert {"ep", "chl"} <= set(benchmark.RULES)  # still there to ask for
+    args = _bench_args("--models", "mlp", "--rules", "bp,ep,chl", "--energy-steps", "2")
+    assert args.rules.split(",") == ["bp", "ep", "chl"] and args.energy_steps == 2
+
+
+def test_bench_help_shows_every_flags_default(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["bench", "--help"])
+    assert exit_.value.code == 0
+    text = capsys.readouterr().out
+    options = text[text.index("options:") :].splitlines()[1:]
+    blocks, block = [], []
+    for line in options:  # one block per flag: its line and the help's continuation lines
+        if line.startswith("  -") and block:
+            blocks.append(" ".join(block))
+            block = []
+        block.append(line.strip())
+    blocks.append(" ".join(block))
+    blocks = {b.split()[0]: " ".join(b.split()) for b in blocks if not b.startswith("-h")}
+    assert {"--models", "--rules", "--batch", "--steps", "--warmup", "--out"} <= set(blocks)
+    assert [b for b in blocks.values() if "(default" not in b] == []
+    assert "(default: 128)" in blocks["--batch"] and "(default: 5)" in blocks["--warmup"]
+    assert "(default: mlp,cnn,vgg16)" in blocks["--models"]
+    assert f"(default: {','.join(benchmark.DEFAULT_RULES)})" in blocks["--rules"]
+    assert f"mlp {benchmark.DEFAULT_STEPS['mlp']}," in blocks["--steps"]
+    assert "(default: 0.01)" in blocks["--beta"] and "(default: 100)" in blocks["--free-steps"]
+
+
+def test_bench_takes_every_model_of_train_resnet20_included():
+    assert _bench_args("--models", "resnet20").models == "resnet20"
+    assert set(MODELS) <= set(benchmark.MODELS)  # dualprop train --model's choices
+    with pytest.raises(SystemExit):  # an unknown name stops at the parser, naming the choices
+        _bench_args("--models", "mlp,resnet21")
+    spec = benchmark.MODELS["resnet20"]
+    assert spec.graph and spec.input_shape == (32, 32, 3)
+    net, _ = dp.split(spec.build(nnx.Rngs(0)))  # built, not timed (a ResNet-20 step is slow)
+    blocks = [name for name in net.graph.names if re.fullmatch(r"s\db\d", name)]
+    assert blocks == [f"s{s}b{b}" for s in range(3) for b in range(3)]  # 3 stages x 3 blocks
 
 
 def test_rule_configs():

@@ -278,42 +278,80 @@ def _process_arguments(dist) -> None:
     )
 
 
+class _BenchHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every flag's help ends with its default: argparse's, unless the help says it itself."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        return text if "(default" in text else super()._get_help_string(action)
+
+
+def _per_model(table: dict) -> str:
+    return ", ".join(f"{name} {value}" for name, value in table.items())
+
+
+def _bench_models(text: str) -> str:
+    """``--models``: comma-separated names of the benchmark's model table (or '' for none)."""
+    from dualprop_jax.training import benchmark as b
+
+    unknown = [m for m in (t.strip() for t in text.split(",")) if m and m not in b.MODELS]
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown models {unknown}; choose from {', '.join(b.MODELS)}"
+        )
+    return text
+
+
 def _bench_parser(sub) -> None:
     from dualprop_jax.training import benchmark as b
 
-    p = _command(
-        sub,
+    p = sub.add_parser(
         "bench",
-        "time the train step of BP, DP⊤, DP, its variants, EP and CHL on the same model",
-        "Time the jitted train step (gradient + optax update) of each rule on the same model "
-        "and batch; print a table (and write JSON with --out).",
+        help="time the train step of BP, DP⊤, DP, its variants, EP and CHL on the same model",
+        description="Time the jitted train step (gradient + optax update) of each rule on the "
+        "same model and batch; print a table (and write JSON with --out).",
+        formatter_class=_BenchHelpFormatter,
     )
     _bench_step_arguments(p, b)
     _bench_rule_arguments(p)
     _bench_epoch_arguments(p, b)
-    p.add_argument("--out", default=None, help="write the result JSON here")
+    p.add_argument("--out", default=None, help="write the result JSON here (default: none)")
 
 
 def _bench_step_arguments(p: argparse.ArgumentParser, b) -> None:
     p.add_argument(
         "--models",
+        type=_bench_models,
         default="mlp,cnn,vgg16",
         help=f"comma-separated, of {', '.join(b.MODELS)}; '' for none",
     )
-    p.add_argument("--rules", default=",".join(b.RULES), help="rule labels, with bp")
-    p.add_argument("--batch", type=int, default=128)
+    p.add_argument(
+        "--rules",
+        default=",".join(b.DEFAULT_RULES),
+        help=f"rule labels, with bp, of {', '.join(b.RULES)}; the slow ep and chl run only "
+        "when named here",
+    )
+    p.add_argument("--batch", type=int, default=128, help="batch of the rows (see --vgg-batch)")
+    large = ", ".join(b.LARGE_MODELS)
     p.add_argument(
         "--vgg-batch",
         type=int,
-        help=f"batch of vgg16 and resnet18 (default: --batch; {b.CPU_VGG_BATCH} on CPU)",
+        help=f"batch of {large} (default: --batch; {b.CPU_VGG_BATCH} on CPU)",
     )
-    p.add_argument("--steps", type=int, help=f"timed steps per rule (default {b.DEFAULT_STEPS})")
-    p.add_argument("--vgg-steps", type=int, default=None, help="timed VGG16 steps per rule")
+    p.add_argument(
+        "--steps",
+        type=int,
+        help=f"timed steps per rule (default: {_per_model(b.DEFAULT_STEPS)})",
+    )
+    p.add_argument(
+        "--vgg-steps", type=int, help=f"timed steps per rule of {large} (default: --steps)"
+    )
     p.add_argument("--warmup", type=int, default=5, help="untimed steps per rule")
     p.add_argument(
         "--energy-steps",
         type=int,
-        help=f"timed steps of the ep/chl group (default {b.ENERGY_STEPS})",
+        help="timed steps of the ep/chl group (default: "
+        f"{_per_model(b.ENERGY_STEPS)}, other models 3; at most --steps)",
     )
     p.add_argument(
         "--multipass",
@@ -321,22 +359,28 @@ def _bench_step_arguments(p: argparse.ArgumentParser, b) -> None:
         default=0,
         metavar="K",
         help="also time the 2024 schedule (fwK: K bottom-up passes, e.g. 16) against one sweep "
-        "and BP, on each conv layout",
+        "and BP, on each conv layout (0: off)",
     )
     p.add_argument(
-        "--multipass-steps", type=int, help=f"timed steps per row (default {b.MULTIPASS_STEPS})"
+        "--multipass-steps",
+        type=int,
+        help=f"timed steps per row (default: {_per_model(b.MULTIPASS_STEPS)}, other models 5)",
     )
 
 
 def _bench_rule_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--alpha", type=float, default=0.5)
-    p.add_argument("--beta", type=float, default=0.01)
+    p.add_argument("--alpha", type=float, default=0.5, help="nudging asymmetry α (dp, dp_top)")
+    p.add_argument(
+        "--beta", type=float, default=0.01, help="nudging strength β (dp, dp_top; ep keeps 0.5)"
+    )
     p.add_argument("--passes", type=int, default=0, help="extra inference passes for dp/dp_top")
     p.add_argument("--free-steps", type=int, default=100, help="T of the ep and chl rows")
     p.add_argument(
         "--nudged-steps", type=int, default=20, help="K of the ep rows (chl: clamped steps)"
     )
-    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    p.add_argument(
+        "--dtype", default="float32", choices=("float32", "bfloat16"), help="compute dtype"
+    )
 
 
 def _bench_epoch_arguments(p: argparse.ArgumentParser, b) -> None:
@@ -350,7 +394,7 @@ def _bench_epoch_arguments(p: argparse.ArgumentParser, b) -> None:
         "--epoch-feeds", default="host,device", help="feeds of the epoch rows (host, device)"
     )
     p.add_argument("--epoch-images", type=int, default=45_000, help="images in that epoch")
-    p.add_argument("--epoch-batch", type=int, default=100)
+    p.add_argument("--epoch-batch", type=int, default=100, help="batch of the epoch rows")
     p.add_argument("--epoch-repeats", type=int, default=3, help="timed epochs per rule (median)")
     p.add_argument("--epoch-warmup", type=int, default=1, help="untimed epochs per rule first")
 

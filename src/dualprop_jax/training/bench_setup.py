@@ -52,6 +52,14 @@ MODELS: dict[str, ModelSpec] = {
         "CNN 28x28x1: conv32-pool-conv64-pool-512-10",
         layouts=models.LAYOUTS,
     ),
+    "vgg11": ModelSpec(
+        lambda rngs, layout="unpooled": models.vgg11(
+            input_shape=(32, 32, 3), num_classes=10, layout=layout, rngs=rngs
+        ),
+        (32, 32, 3),
+        "VGG11 32x32x3 (8 conv, 4096-4096-10, no BatchNorm)",
+        layouts=models.LAYOUTS,
+    ),
     "vgg16": ModelSpec(
         lambda rngs, layout="unpooled": models.vgg16(
             input_shape=(32, 32, 3), num_classes=10, layout=layout, rngs=rngs
@@ -69,6 +77,13 @@ MODELS |= {
         "ResNet-8 28x28x1: stem 16, blocks 16/32/64 (identity and 1x1 skips), no BatchNorm",
         graph=True,
     ),
+    "resnet20": ModelSpec(
+        lambda rngs: models.resnet20(input_shape=(32, 32, 3), rngs=rngs),
+        (32, 32, 3),
+        "ResNet-20 32x32x3: stem 16, 3 blocks each of 16/32/64 (identity and 1x1 skips), "
+        "no BatchNorm",
+        graph=True,
+    ),
     "resnet18": ModelSpec(
         lambda rngs: models.resnet18(input_shape=(32, 32, 3), rngs=rngs),
         (32, 32, 3),
@@ -76,6 +91,8 @@ MODELS |= {
         graph=True,
     ),
 }
+"""The benchmark's models: every model of ``dualprop train --model``
+(:data:`dualprop_jax.training.config.MODELS`), at the input shape it is usually trained on."""
 
 
 def chain_only(label: str) -> bool:

@@ -17,7 +17,8 @@ in :mod:`dualprop_jax.training.bench_setup`; both are importable from here.
 Rows name rules by their label (:func:`dualprop_jax.rules.from_label`): ``bp``, ``dp_top``,
 ``dp``, ``dp+fast`` (the fast path of the 2023 rule, α = ½), ``dp_top+damped`` (damped DP⊤),
 ``dp+kp`` (Kolen–Pollack DP), ``ep`` (equilibrium propagation, symmetric nudging) and ``chl``
-(contrastive Hebbian learning). EP and CHL relax for T + K (EP symmetric: T + 2K) steps per
+(contrastive Hebbian learning); :data:`DEFAULT_RULES`, the rows of a benchmark that names no
+rules, leave out EP and CHL. EP and CHL relax for T + K (EP symmetric: T + 2K) steps per
 train step, so they are timed in a second interleaved group with BP again and fewer steps
 (:data:`ENERGY_STEPS`); every row's ``ratio_to_bp`` divides by the BP median of its own group
 (``bp_step_ms``), and EP/CHL rows carry their T and K.
@@ -50,17 +51,25 @@ from dualprop_jax.training.epoch_timing import FMNIST_MLP as FMNIST_MLP
 from dualprop_jax.training.epoch_timing import time_epoch as time_epoch
 
 RULES = ("bp", "dp_top", "dp", "dp+fast", "dp_top+damped", "dp+kp", "ep", "chl")
-"""Default rows: back-propagation; DP⊤ and DP with one top-down sweep; the fast path; damped
-DP⊤; KP-DP; EP and CHL at their literature settings (:data:`ENERGY_RULES`)."""
-ENERGY_STEPS = {"mlp": 5, "cnn": 3, "vgg16": 1}
+"""Every rule the benchmark has a row for: back-propagation; DP⊤ and DP with one top-down
+sweep; the fast path; damped DP⊤; KP-DP; EP and CHL at their literature settings
+(:data:`ENERGY_RULES`)."""
+DEFAULT_RULES = tuple(label for label in RULES if label.split("+")[0] not in ENERGY_RULES)
+"""Default rows: :data:`RULES` less the slow EP and CHL (T + K relaxation steps per train
+step), which run only when asked for."""
+ENERGY_STEPS = {"mlp": 5, "cnn": 3, "vgg11": 1, "vgg16": 1}
 """Timed steps of the EP / CHL group per model (after one warm-up step)."""
 
-DEFAULT_STEPS = {"mlp": 200, "cnn": 60, "vgg16": 20, "resnet8": 30, "resnet18": 5}
-MULTIPASS_STEPS = {"mlp": 30, "cnn": 10, "vgg16": 5}
+DEFAULT_STEPS = {
+    "mlp": 200, "cnn": 60, "vgg11": 20, "vgg16": 20, "resnet8": 30, "resnet20": 10,
+    "resnet18": 5,
+}  # fmt: skip
+"""Timed steps per rule and model, unless ``steps`` says otherwise."""
+MULTIPASS_STEPS = {"mlp": 30, "cnn": 10, "vgg11": 5, "vgg16": 5}
 """Timed steps per row of :func:`bench_multipass` (each step runs ~K sweeps)."""
 BENCH_OPTIONS = dict(
     warmup=5,
-    rule_labels=RULES,
+    rule_labels=DEFAULT_RULES,
     alpha=0.5,
     beta=0.01,
     dtype="float32",
@@ -72,7 +81,7 @@ BENCH_OPTIONS = dict(
 )
 """The settings every row of a benchmark shares, with their defaults."""
 CPU_VGG_BATCH = 8
-LARGE_MODELS = ("vgg16", "resnet18")
+LARGE_MODELS = ("vgg11", "vgg16", "resnet18")
 """Models timed at ``vgg_batch`` (:data:`CPU_VGG_BATCH` on CPU) with ``vgg_steps``."""
 
 
@@ -125,7 +134,7 @@ def bench_model(
     batch: int,
     steps: int,
     warmup: int = 5,
-    rule_labels: Sequence[str] = RULES,
+    rule_labels: Sequence[str] = DEFAULT_RULES,
     alpha: float = 0.5,
     beta: float = 0.01,
     dtype: str = "float32",
