@@ -7,6 +7,8 @@ import dataclasses
 import json
 import pathlib
 
+import jax
+
 from dualprop_jax import rules
 from dualprop_jax.cli.parsers import RULE_FLAGS, SWITCHES
 from dualprop_jax.training.config import TrainConfig, check_fields
@@ -55,6 +57,13 @@ def _rule_from_args(args: argparse.Namespace, given: dict | str | None) -> dict:
             f"{', '.join(rules.fields_of(name))}); drop it, or choose a --rule that takes it."
         )
     return {**rule, **flags, "name": name}
+
+
+def use_dtype(config: TrainConfig) -> None:
+    """Turn on JAX's 64-bit mode for a rule that computes in float64 (the library refuses
+    float64 without it; the command, which owns its process, may switch it on)."""
+    if config.rule.dtype == "float64":
+        jax.config.update("jax_enable_x64", True)
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:

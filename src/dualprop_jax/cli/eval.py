@@ -8,6 +8,7 @@ import sys
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """Evaluate a saved run's parameters on a split of its data, without training."""
+    from dualprop_jax.cli.config import use_dtype
     from dualprop_jax.errors import DataError, TrainingError
     from dualprop_jax.training import checkpoints, steps, train
 
@@ -20,6 +21,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             )
         if args.data_dir is not None:
             config = config.replace(data_dir=args.data_dir)
+        use_dtype(config)
         net, state, meta = checkpoints.load_checkpoint(args.workdir)
         params = state["best_params"] if args.params == "best" else state["params"]
         epoch = meta["best_epoch"] if args.params == "best" else meta["epoch"]

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from dualprop_jax.cli import launcher
-from dualprop_jax.cli.config import config_from_args
+from dualprop_jax.cli.config import config_from_args, use_dtype
 from dualprop_jax.errors import DataError, DivergenceError, TrainingError, TrainingInterrupted
 from dualprop_jax.training import distributed
 from dualprop_jax.training.config import TrainConfig
@@ -88,6 +88,7 @@ def cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
     try:
         config = config_from_args(args)
         check_process_flags(args)
+        use_dtype(config)
     except ValueError as e:
         print(f"dualprop: error: {e}", file=sys.stderr)
         return 2

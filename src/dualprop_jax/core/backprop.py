@@ -5,9 +5,8 @@ from __future__ import annotations
 import functools
 
 import jax
-import jax.numpy as jnp
 
-from dualprop_jax.core.states import Aux, batch_loss, check_batch, wide
+from dualprop_jax.core.states import Aux, batch_loss, check_batch, compute_dtype, wide
 from dualprop_jax.losses import targets_as_array
 
 
@@ -16,7 +15,7 @@ def bp_grad(net, params, x: jax.Array, y: jax.Array, config) -> tuple[object, Au
     """∇_θ (1/B) Σ_b ℓ(ŷ_b(θ), y_b) by ``jax.value_and_grad`` of the forward pass, and
     :class:`Aux`. ``config``: anything with ``loss`` and ``dtype`` (any rule of the library)."""
     check_batch(net, x, y)
-    dtype = jnp.dtype(config.dtype)
+    dtype = compute_dtype(config.dtype)
 
     def loss_fn(p):
         y_hat = net.forward(p, x, dtype)

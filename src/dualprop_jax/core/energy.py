@@ -71,7 +71,7 @@ import jax
 import jax.numpy as jnp
 
 from dualprop_jax.core.forward import forward
-from dualprop_jax.core.states import Aux, check_batch, wide
+from dualprop_jax.core.states import Aux, check_batch, compute_dtype, wide
 from dualprop_jax.losses import loss_gradient, per_example_loss, targets_as_array
 from dualprop_jax.models import LayeredNet
 
@@ -193,7 +193,7 @@ STEPS = {"synchronous": _step, "odd_even": _odd_even_step}
 
 def _relax(net: LayeredNet, params, x, states: States, rule, steps: int, output: Output) -> States:
     """``steps`` Jacobi steps of the phase with the given output equation, from ``states``."""
-    dtype = jnp.dtype(rule.dtype)
+    dtype = compute_dtype(rule.dtype)
     sigma = SIGMAS[rule.activation]
     a_1 = _drive(net, params, x, dtype)
     dt = wide(dtype)
@@ -228,7 +228,7 @@ def _forward_states(net: LayeredNet, params, x, dtype, sigma) -> States:
 
 
 def _start_states(net: LayeredNet, params, x, rule) -> States:
-    dtype, sigma = jnp.dtype(rule.dtype), SIGMAS[rule.activation]
+    dtype, sigma = compute_dtype(rule.dtype), SIGMAS[rule.activation]
     forward = functools.partial(_forward_states, net, dtype=dtype, sigma=sigma)
     if rule.start == "forward":
         return forward(params, x)
@@ -261,7 +261,7 @@ def _targets_and_loss(s_L, y, rule):
 
 def _ep_grad(net: LayeredNet, params, x, y, rule: EquilibriumProp) -> tuple[object, Aux]:
     check_batch(net, x, y)
-    dtype = jnp.dtype(rule.dtype)
+    dtype = compute_dtype(rule.dtype)
     s_free = _free_phase(net, params, x, rule)
     t, loss = _targets_and_loss(s_free[-1], y, rule)
     beta = jnp.asarray(rule.beta, t.dtype)
@@ -281,7 +281,7 @@ def _ep_grad(net: LayeredNet, params, x, y, rule: EquilibriumProp) -> tuple[obje
 
 def _chl_grad(net: LayeredNet, params, x, y, rule: ContrastiveHebbian) -> tuple[object, Aux]:
     check_batch(net, x, y)
-    dtype = jnp.dtype(rule.dtype)
+    dtype = compute_dtype(rule.dtype)
     s_free = _free_phase(net, params, x, rule)
     t, loss = _targets_and_loss(s_free[-1], y, rule)
     start = (*s_free[:-1], t)
@@ -321,7 +321,7 @@ def relax(
     states = tuple(states)
     if y is None:
         return _relax(net, params, x, states, rule, steps, _free)
-    t = targets_as_array(states[-1].astype(wide(jnp.dtype(rule.dtype))), y)
+    t = targets_as_array(states[-1].astype(wide(compute_dtype(rule.dtype))), y)
     if beta is None:
         states = (*states[:-1], t)
         return _relax(net, params, x, states, rule, steps, _clamped(t))

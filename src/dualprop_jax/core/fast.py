@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from dualprop_jax.core.forward import forward
-from dualprop_jax.core.states import Aux, check_batch, wide
+from dualprop_jax.core.states import Aux, check_batch, compute_dtype, wide
 from dualprop_jax.losses import per_example_loss, targets_as_array
 
 
@@ -48,7 +48,7 @@ def fast_grad(net, params, x: jax.Array, y: jax.Array, config) -> tuple[object, 
     :func:`dual_activation` (``config``: its ``beta``, ``loss``, ``dtype``); gradients divided
     by the batch size B. Equals DP at α = ½ with one sweep up to O(β²)."""
     check_batch(net, x, y)
-    dtype = jnp.dtype(config.dtype)
+    dtype = compute_dtype(config.dtype)
 
     def summed_loss(p):
         node = lambda j, a: dual_activation(net.node_f(j), config.beta, a)  # noqa: E731

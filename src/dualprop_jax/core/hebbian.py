@@ -18,13 +18,13 @@ import jax
 import jax.numpy as jnp
 
 from dualprop_jax.core import inference
-from dualprop_jax.core.states import Aux, Dyads, batch_loss, delta, s_bar, wide
+from dualprop_jax.core.states import Aux, Dyads, batch_loss, compute_dtype, delta, s_bar, wide
 
 
 def local_objective(net, params, dyads: Dyads, config) -> jax.Array:
     """J(θ) = (1/β) Σ_k ⟨-δ_j, W_k(θ, s̄_i)⟩ / B over the edges k = (i, j), dyads held fixed
     (``config``: its ``alpha``, ``beta`` and ``dtype``)."""
-    dtype = jnp.dtype(config.dtype)
+    dtype = compute_dtype(config.dtype)
     dyads = jax.lax.stop_gradient(dyads)
     bar, d = s_bar(dyads, config.alpha), delta(dyads)
     batch = d[0].shape[0]
@@ -43,7 +43,7 @@ def hebbian_grad(net, params, dyads: Dyads, config):
     a pass over each activation. The primals W_k(s̄_i) that the vjp evaluates are unused, and
     jit removes them.
     """
-    dtype = jnp.dtype(config.dtype)
+    dtype = compute_dtype(config.dtype)
     bar, d = jax.lax.stop_gradient((s_bar(dyads, config.alpha), delta(dyads)))
     scale = -1.0 / (config.beta * d[0].shape[0])
 

@@ -26,11 +26,10 @@ import functools
 from typing import NamedTuple
 
 import jax
-import jax.numpy as jnp
 
 from dualprop_jax.core import nodes
 from dualprop_jax.core.forward import forward
-from dualprop_jax.core.states import Dyads, check_batch, wide
+from dualprop_jax.core.states import Dyads, check_batch, compute_dtype, wide
 from dualprop_jax.losses import targets_as_array
 
 
@@ -65,7 +64,7 @@ def start(net, params, x, y, config, parts: Parts = DEFAULT_PARTS) -> Start:
     """Steps 1-3 of the schedule: forward pass, output nudge, and the sweep (where
     ``config.sweep``), linearised at the forward activities."""
     check_batch(net, x, y)
-    dtype = jnp.dtype(config.dtype)
+    dtype = compute_dtype(config.dtype)
     fw = forward(net, params, x.astype(dtype), dtype, keep_vjps=True)
     s, a, N = fw.states, fw.pre, net.output_node
     y_hat = a[N]
@@ -85,7 +84,7 @@ def start(net, params, x, y, config, parts: Parts = DEFAULT_PARTS) -> Start:
 def resolve(net, params, j: int, sp: list, sm: list, t, beta_g_hat, config, parts: Parts):
     """Re-solve node j in place from the current s̄ of its parents (a_j = Σ W_k(s̄_i)) and δ of
     its children (fb_j at s̄_j); the output node from its current a_N."""
-    alpha, dtype = config.alpha, jnp.dtype(config.dtype)
+    alpha, dtype = config.alpha, compute_dtype(config.dtype)
     bar = {i: alpha * sp[i] + (1 - alpha) * sm[i] for i in map(net.source, net.in_edges(j))}
     a = net.pre_activation(params, j, bar, dtype)
     if j == net.output_node:

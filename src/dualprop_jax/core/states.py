@@ -53,6 +53,22 @@ def wide(dtype) -> jnp.dtype:
     return jnp.promote_types(dtype, jnp.float32)
 
 
+def compute_dtype(name) -> jnp.dtype:
+    """The dtype the layer maps compute in, named by a rule's ``dtype``.
+
+    ``"float64"`` needs JAX's 64-bit mode; without it JAX would compute in float32 while the
+    rule, its config and the results say float64, so it is refused with the fix.
+    """
+    dtype = jnp.dtype(name)
+    if dtype == jnp.float64 and jax.dtypes.canonicalize_dtype(jnp.float64) != jnp.float64:
+        raise ValueError(
+            "dtype='float64' needs JAX's 64-bit mode, which is off: call "
+            "jax.config.update('jax_enable_x64', True) at the start of the program (or run "
+            "inside `with jax.enable_x64(True):`), or use dtype='float32'."
+        )
+    return dtype
+
+
 def check_net(net) -> None:
     """``TypeError`` unless ``net`` is the static view of a network (what ``dp.split`` gives)."""
     if not hasattr(net, "apply_map"):

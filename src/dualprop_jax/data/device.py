@@ -268,7 +268,10 @@ class Runner:
                 x, y = take_batch(data, plan.order[i], mesh)
                 key = None if base is None else jax.random.fold_in(base, plan.first_step + i)
                 state, metrics = step.jitted(rule, state, x, y, key)
-                return state, loss_sum + metrics["loss"], correct_sum + metrics["correct"]
+                # the sums keep their dtype (a float64 rule's loss would promote them)
+                loss = metrics["loss"].astype(loss_sum.dtype)
+                correct = metrics["correct"].astype(correct_sum.dtype)
+                return state, loss_sum + loss, correct_sum + correct
 
             start, stop = plan.bounds[carry.chunk], plan.bounds[carry.chunk + 1]
             acc = jax.lax.fori_loop(start, stop, body, tuple(carry[:3]))

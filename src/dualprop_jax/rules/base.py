@@ -40,7 +40,7 @@ from typing import Any, ClassVar
 import jax
 import numpy as np
 
-from dualprop_jax.core.states import check_input
+from dualprop_jax.core.states import check_input, compute_dtype
 
 RULES: dict[str, type] = {}
 """Rule name -> rule class (``"dp"`` and ``"dp_top"`` are both :class:`DualProp`)."""
@@ -116,7 +116,7 @@ class Rule:
         """The prediction ŷ for a batch ``x``: the feedforward output (EP and CHL: the output of
         their free phase)."""
         check_input(net, x)
-        return net.forward(params, x, jax.numpy.dtype(self.dtype))
+        return net.forward(params, x, compute_dtype(self.dtype))
 
     def metrics(self, net, params, state) -> dict[str, jax.Array]:
         """Scalar diagnostics of the rule's own quantities, logged during training."""
