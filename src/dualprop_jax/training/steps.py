@@ -82,7 +82,9 @@ def train_step(net, optimizer: optax.GradientTransformation, augment: bool = Fal
 
 
 def num_outputs(net, params, x) -> int:
-    """The size of the network's output for inputs like ``x`` (shapes only, nothing runs)."""
+    """The size of the network's output for inputs like ``x`` (shapes only, nothing runs); a
+    wrong input shape is reported by name first (:func:`~dualprop_jax.core.states.check_input`)."""
+    check_input(net, x)
     abstract = jax.tree.map(lambda t: jax.ShapeDtypeStruct(t.shape, t.dtype), params)
     one = jax.ShapeDtypeStruct((1, *x.shape[1:]), jnp.float32)
     return int(jax.eval_shape(net.forward, abstract, one).shape[-1])
