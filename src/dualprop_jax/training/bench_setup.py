@@ -38,6 +38,18 @@ class ModelSpec:
     graph: bool = False
 
 
+def _vgg(build, description: str) -> ModelSpec:
+    """A VGG row: 32x32x3 inputs, 10 classes, both layouts."""
+    return ModelSpec(
+        lambda rngs, layout="unpooled": build(
+            input_shape=(32, 32, 3), num_classes=10, layout=layout, rngs=rngs
+        ),
+        (32, 32, 3),
+        description,
+        layouts=models.LAYOUTS,
+    )
+
+
 MODELS: dict[str, ModelSpec] = {
     "mlp": ModelSpec(
         lambda rngs: models.mlp((784, 1000, 1000, 1000, 10), rngs=rngs),
@@ -52,22 +64,8 @@ MODELS: dict[str, ModelSpec] = {
         "CNN 28x28x1: conv32-pool-conv64-pool-512-10",
         layouts=models.LAYOUTS,
     ),
-    "vgg11": ModelSpec(
-        lambda rngs, layout="unpooled": models.vgg11(
-            input_shape=(32, 32, 3), num_classes=10, layout=layout, rngs=rngs
-        ),
-        (32, 32, 3),
-        "VGG11 32x32x3 (8 conv, 4096-4096-10, no BatchNorm)",
-        layouts=models.LAYOUTS,
-    ),
-    "vgg16": ModelSpec(
-        lambda rngs, layout="unpooled": models.vgg16(
-            input_shape=(32, 32, 3), num_classes=10, layout=layout, rngs=rngs
-        ),
-        (32, 32, 3),
-        "VGG16 32x32x3 (13 conv, 4096-4096-10, no BatchNorm)",
-        layouts=models.LAYOUTS,
-    ),
+    "vgg11": _vgg(models.vgg11, "VGG11 32x32x3 (8 conv, 4096-4096-10, no BatchNorm)"),
+    "vgg16": _vgg(models.vgg16, "VGG16 32x32x3 (13 conv, 4096-4096-10, no BatchNorm)"),
 }
 
 MODELS |= {
