@@ -50,6 +50,10 @@ def check_process_flags(args: argparse.Namespace) -> None:
         )  # fmt: skip
 
 
+JOIN_TIMEOUT_S = 300
+"""How long a process of a multi-process run waits for all the others to join."""
+
+
 def _heartbeat_timeout(args: argparse.Namespace) -> int:
     given = args.heartbeat_timeout
     return distributed.HEARTBEAT_TIMEOUT_S if given is None else given
@@ -57,11 +61,21 @@ def _heartbeat_timeout(args: argparse.Namespace) -> int:
 
 def _join(args: argparse.Namespace) -> None:
     if args.coordinator:
+        # say what it waits for, and where, before JAX blocks until every process has joined
+        print(
+            f"dualprop: process {args.process_id} of {args.num_processes} joins the run at "
+            f"{args.coordinator} and waits up to {JOIN_TIMEOUT_S} s for all {args.num_processes} "
+            f"processes; start each with --coordinator {args.coordinator} --num-processes "
+            f"{args.num_processes} and its own --process-id",
+            file=sys.stderr,
+            flush=True,
+        )
         distributed.initialize(
             args.coordinator,
             args.num_processes,
             args.process_id,
             local_cpu_devices=args.local_cpu_devices,
+            timeout_s=JOIN_TIMEOUT_S,
             heartbeat_timeout_s=_heartbeat_timeout(args),
             flag_names=distributed.CLI_FLAGS,
         )
