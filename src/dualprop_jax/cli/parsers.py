@@ -40,6 +40,10 @@ FLAGS: dict[str, tuple[str, dict]] = {
     "--data-dir": ("data_dir", dict(help="where to look first for dataset files")),
     "--val-fraction": ("val_fraction", dict(type=float, help="held out from train")),
     "--max-train": ("max_train", dict(type=int, help="use only this many training images")),
+    "--max-eval": (
+        "max_eval",
+        dict(type=int, help="use only the first this many validation and test images"),
+    ),
     "--model": ("model", dict(choices=MODELS)),
     "--layout": (
         "layout",

@@ -56,6 +56,7 @@ class TrainConfig:
     data_dir: str | None = None
     val_fraction: float = 0.1
     max_train: int | None = None
+    max_eval: int | None = None  # use only the first N validation and N test images
     model: str = "mlp"
     widths: tuple[int, ...] = (1000, 1000)  # MLP hidden widths
     channels: tuple[int, ...] = (32, 64)  # CNN conv widths (each followed by a 2x2 max-pool)
@@ -124,8 +125,9 @@ class TrainConfig:
             raise _bad("warmup_epochs", self.warmup_epochs, f"at most epochs={self.epochs}")
         if not isinstance(self.val_fraction, numbers.Real) or not 0 <= self.val_fraction < 1:
             raise _bad("val_fraction", self.val_fraction, "in [0, 1)")
-        if self.max_train is not None and not _positive_int(self.max_train):
-            raise _bad("max_train", self.max_train, "None or a positive integer")
+        for name in ("max_train", "max_eval"):
+            if getattr(self, name) is not None and not _positive_int(getattr(self, name)):
+                raise _bad(name, getattr(self, name), "None or a positive integer")
         if not isinstance(self.diagnostics_every, numbers.Integral) or self.diagnostics_every < 0:
             raise _bad("diagnostics_every", self.diagnostics_every, "an integer >= 0 (0 = off)")
         if self.devices is not None and not _positive_int(self.devices):

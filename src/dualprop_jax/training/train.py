@@ -185,13 +185,20 @@ def _divergence_advice(what: str, config: TrainConfig, meta: dict, workdir) -> s
 
 
 def load_data(config: TrainConfig) -> data_lib.Dataset:
-    """The dataset named by ``config`` (split and standardised)."""
-    return data_lib.load_dataset(
+    """The dataset named by ``config`` (split and standardised; with ``max_eval`` only the
+    first ``max_eval`` validation and test images are kept)."""
+    ds = data_lib.load_dataset(
         config.dataset,
         data_dir=config.data_dir,
         val_fraction=config.val_fraction,
         seed=config.seed,
         max_train=config.max_train,
+    )
+    n = config.max_eval
+    if n is None:
+        return ds
+    return dataclasses.replace(
+        ds, x_val=ds.x_val[:n], y_val=ds.y_val[:n], x_test=ds.x_test[:n], y_test=ds.y_test[:n]
     )
 
 
@@ -376,6 +383,8 @@ def _results(config: TrainConfig, meta: dict, test: dict, ds: data_lib.Dataset, 
         "feed": run.feed,
         "processes": jax.process_count(),
         "num_train": len(ds.x_train),
+        "num_val": len(ds.x_val),
+        "num_test": len(ds.x_test),
         "dataset_source": ds.source,
         "config": config.to_dict(),
     }
