@@ -47,3 +47,12 @@ def fmnist_small(fmnist_raw):
         "fashion_mnist", x[:600], ytr[:600], x[600:], ytr[600:800], x_test, yte[:500],
         10, False, "fashion-mnist subset",
     )  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def fmnist_npz(fmnist_raw, tmp_path_factory):
+    """600 training and 200 test images of Fashion-MNIST as an npz file."""
+    xtr, ytr, xte, yte = fmnist_raw
+    path = tmp_path_factory.mktemp("data") / "fmnist_small.npz"
+    np.savez(path, x_train=xtr[:600], y_train=ytr[:600], x_test=xte[:200], y_test=yte[:200])
+    return path

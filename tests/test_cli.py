@@ -26,15 +26,6 @@ from dualprop_jax.training.config import TrainConfig
 from dualprop_jax.training.progress import ConsoleProgress
 
 
-@pytest.fixture(scope="module")
-def fmnist_npz(fmnist_raw, tmp_path_factory):
-    """600 training and 200 test images of Fashion-MNIST as an npz file."""
-    xtr, ytr, xte, yte = fmnist_raw
-    path = tmp_path_factory.mktemp("data") / "fmnist_small.npz"
-    np.savez(path, x_train=xtr[:600], y_train=ytr[:600], x_test=xte[:200], y_test=yte[:200])
-    return path
-
-
 def _args(npz, workdir, *extra):
     return ["train", "--dataset", str(npz), "--widths", "32", "--batch-size", "100",
             "--workdir", str(workdir), "--seed", "1", *extra]  # fmt: skip

@@ -15,21 +15,14 @@ from dualprop_jax.training.steps import evaluate
 from dualprop_jax.training.train import load_data
 
 
-@pytest.fixture(scope="module")
-def npz(fmnist_raw, tmp_path_factory):
-    xtr, ytr, xte, yte = fmnist_raw
-    path = tmp_path_factory.mktemp("data") / "small.npz"
-    np.savez(path, x_train=xtr[:600], y_train=ytr[:600], x_test=xte[:200], y_test=yte[:200])
-    return path
-
-
 @pytest.mark.parametrize("bad", [0, -3, 2.5])
 def test_max_eval_must_be_a_positive_integer(bad):
     with pytest.raises(ValueError, match=r"max_eval=.*None or a positive integer"):
         TrainConfig(max_eval=bad)
 
 
-def test_max_eval_caps_validation_and_test(npz, tmp_path):
+def test_max_eval_caps_validation_and_test(fmnist_npz, tmp_path):
+    npz = fmnist_npz
     full = load_data(TrainConfig(dataset=str(npz)))
     assert (len(full.x_val), len(full.x_test)) == (60, 200)  # 10% of 600 held out
     small = load_data(TrainConfig(dataset=str(npz), max_eval=40))
