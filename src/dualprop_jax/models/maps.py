@@ -5,6 +5,11 @@ A map W_k(params_k, s) sends a node's state to a contribution to another node's 
 Dense: a = W flatten(s) + b; Conv: a = W ⋆ s + b ('SAME'); either may max-pool its input
 (``pool_input``), and a conv may pool its output (``pool_output``). ``core`` is the map without
 its max-pools, an affine map whose linear part bounds the map's Lipschitz constant.
+
+On CPU a conv map's call runs :func:`conv_same`, whose gradients are convolutions in XLA:CPU's
+canonical form. XLA:CPU rewrites other convolutions (JAX's input and weight gradients) into that
+form only in a program's entry computation, so inside a ``lax`` loop (the device feed's chunk of
+steps, a relaxation) they would run on its naive loop nest, 6-40x slower.
 """
 
 from __future__ import annotations
@@ -30,6 +35,60 @@ OUTPUT_INIT = nnx.initializers.lecun_normal()
 def max_pool_2x2(s: jax.Array) -> jax.Array:
     """2x2 max-pool with stride 2 over the spatial axes of an NHWC batch."""
     return jax.lax.reduce_window(s, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
+
+
+CANONICAL = ("NHWC", "HWIO", "NHWC")
+"""The dimension numbers XLA:CPU runs on its fast (Eigen) convolution: input NHWC, kernel HWIO,
+output NHWC."""
+
+
+def _conv_same(x: jax.Array, w: jax.Array, p: int | None = None) -> jax.Array:
+    """y = w ⋆ x, stride 1, NHWC/HWIO, padded by p on each side (default (k-1)/2 for a
+    k x k kernel: 'SAME' for odd k)."""
+    p = (w.shape[0] - 1) // 2 if p is None else p
+    return jax.lax.conv_general_dilated(x, w, (1, 1), ((p, p), (p, p)), dimension_numbers=CANONICAL)
+
+
+@jax.custom_vjp
+def canonical_conv(x: jax.Array, w: jax.Array) -> jax.Array:
+    """y = w ⋆ x (stride 1, 'SAME', odd square kernel, x NHWC, w HWIO) whose vjp runs only
+    canonical convolutions (:data:`CANONICAL`), with the transposes written out:
+
+    * ∂x = rot180(w)ᵀ ⋆ ḡ: ḡ (N,H,W,O) convolved with w reversed in space and its I/O axes
+      swapped, (k,k,O,I);
+    * ∂w[i,j,c,o] = Σ_{n,h,w} x_pad[n,h+i,w+j,c] ḡ[n,h,w,o]: x as (C,H,W,N), a batch of C
+      images with N features, convolved with ḡ as an (H,W,N,O) kernel, giving (C,k,k,O),
+      transposed to (k,k,C,O).
+
+    The same numbers as JAX's own transpose rules (which XLA:CPU canonicalises the same way
+    outside loops); forward-mode (jvp) is not defined, so :meth:`Conv.core` keeps ``lax``.
+    """
+    return _conv_same(x, w)
+
+
+def _canonical_fwd(x, w):
+    return _conv_same(x, w), (x, w)
+
+
+def _canonical_bwd(residuals, g):
+    x, w = residuals
+    w_flipped = jnp.transpose(jax.lax.rev(w, (0, 1)), (0, 1, 3, 2))
+    dx = _conv_same(g, w_flipped).astype(x.dtype)
+    p = (w.shape[0] - 1) // 2
+    dw = _conv_same(jnp.transpose(x, (3, 1, 2, 0)), jnp.transpose(g, (1, 2, 0, 3)), p)
+    return dx, jnp.transpose(dw, (1, 2, 0, 3)).astype(w.dtype)
+
+
+canonical_conv.defvjp(_canonical_fwd, _canonical_bwd)
+
+
+def conv_same(x: jax.Array, w: jax.Array) -> jax.Array:
+    """y = w ⋆ x, stride 1, 'SAME' padding, odd square kernel, NHWC/HWIO: on CPU
+    :func:`canonical_conv`, elsewhere ``lax.conv_general_dilated`` (GPU and TPU compilers
+    place convolution layouts themselves, loops included)."""
+    if jax.default_backend() == "cpu":
+        return canonical_conv(x, w)
+    return _conv_same(x, w)
 
 
 class Dense(nnx.Linear):
@@ -63,6 +122,18 @@ class Dense(nnx.Linear):
         return super().__call__(s)
 
 
+_GENERAL_CONV = {
+    "strides",
+    "input_dilation",
+    "kernel_dilation",
+    "feature_group_count",
+    "mask",
+    "precision",
+    "preferred_element_type",
+}
+"""nnx.Conv options under which a :class:`Conv` call keeps nnx.Conv's own ``lax`` call."""
+
+
 class Conv(nnx.Conv):
     """Convolution map a = W ⋆ s + b ('SAME' padding), optionally after a 2x2 max-pool of s
     (``pool_input``) or followed by one, a = pool(W ⋆ s + b) (``pool_output``)."""
@@ -88,10 +159,22 @@ class Conv(nnx.Conv):
         )
         self.pool_input = pool_input
         self.pool_output = pool_output
+        # stride 1, no dilation, no groups, no mask: the call may run conv_same
+        self.same = kernel_size % 2 == 1 and not set(kwargs) & _GENERAL_CONV
 
     def __call__(self, s: jax.Array) -> jax.Array:
-        a = self.core(max_pool_2x2(s) if self.pool_input else s)
+        s = max_pool_2x2(s) if self.pool_input else s
+        a = self._affine(s) if self.same else self.core(s)
         return max_pool_2x2(a) if self.pool_output else a
+
+    def _affine(self, s: jax.Array) -> jax.Array:
+        """a = W ⋆ s + b through :func:`conv_same`: nnx.Conv's call for a 4-D ``s``."""
+        if s.ndim != 4:
+            return self.core(s)
+        bias = self.bias[...] if self.bias is not None else None
+        s, kernel, bias = self.promote_dtype((s, self.kernel[...], bias), dtype=self.dtype)
+        a = conv_same(s, kernel)
+        return a if bias is None else a + bias
 
     def core(self, s: jax.Array) -> jax.Array:
         """The map without its max-pools (``pool_input``, ``pool_output``): a = W ⋆ s + b.
@@ -106,7 +189,6 @@ class Identity(nnx.Module):
 
     def __call__(self, s: jax.Array) -> jax.Array:
         return s
-
 
 
 def kernel_initializer(k: int, num_maps: int):
