@@ -17,6 +17,7 @@ from flax import nnx
 
 import dualprop_jax as dp
 from dualprop_jax import cli, rules
+from dualprop_jax.data import device as device_data
 from dualprop_jax.training import benchmark
 from dualprop_jax.training.config import MODELS
 
@@ -222,14 +223,18 @@ def test_python_m_dualprop_jax_cli_bench_is_dualprop_bench(tmp_path):
     assert result["command"].startswith("dualprop bench --models") and result["rows"] == []
 
 
-def test_epoch_timing_runs_whole_epochs_on_both_feeds():
+def test_epoch_timing_runs_whole_epochs_on_both_feeds_and_auto():
     rows = benchmark.time_epoch(
         images=50, batch=8, spec=TINY_CONV, name="tiny", repeats=3, warmup_epochs=1,
-        step_samples=3,
+        step_samples=3, feeds=("host", "device", "auto"),
     )  # fmt: skip
     assert [(r["rule"], r["feed"]) for r in rows] == [
-        ("bp", "host"), ("bp", "device"), ("dp_top", "host"), ("dp_top", "device"),
-    ]  # fmt: skip
+        (rule, feed) for rule in ("bp", "dp_top") for feed in ("host", "device", "auto")
+    ]
+    # auto runs the device feed when the set (float32 images, int32 labels) fits its budget
+    stored = 50 * (4 * int(np.prod(TINY_CONV.input_shape)) + 4)
+    auto = "device" if stored <= device_data.default_budget(None) else "host"
+    assert [r["feed_ran"] for r in rows] == ["host", "device", auto] * 2
     for r in rows:
         assert len(r["epoch_s_all"]) == 3 and len(r["warmup_epoch_s"]) == 1
         assert r["epoch_s"] == sorted(r["epoch_s_all"])[1]  # the median of three
@@ -247,6 +252,28 @@ def test_epoch_timing_runs_whole_epochs_on_both_feeds():
         benchmark.time_epoch(images=50, batch=8, spec=TINY_CONV, repeats=0)
     with pytest.raises(ValueError, match="warmup_epochs >= 1"):
         benchmark.time_epoch(images=50, batch=8, spec=TINY_CONV, warmup_epochs=0)
+    with pytest.raises(ValueError, match="warmup_epochs >= 1"):
+        benchmark.time_epoch(images=50, batch=8, spec=TINY_CONV, warmup_epochs=0, feeds=["auto"])
+    with pytest.raises(ValueError, match="each must be one of"):
+        benchmark.time_epoch(images=50, batch=8, spec=TINY_CONV, feeds=["gpu"])
+
+
+def test_cli_epoch_models_time_each_model_and_say_what_auto_ran(tmp_path, capsys):
+    """``--epoch-models`` adds a model's epoch rows (random data of its input shape,
+    ``--epoch-images`` of them); the table shows auto's choice next to it."""
+    out = tmp_path / "bench.json"
+    argv = ["bench", "--models", "", "--epoch-models", "mlp", "--epoch-images", "40"]
+    argv += ["--epoch-batch", "8", "--epoch-feeds", "host,auto", "--epoch-repeats", "1"]
+    assert cli.main([*argv, "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["epoch_rows"]
+    assert [(r["model"], r["rule"], r["feed"]) for r in rows] == [
+        ("mlp", rule, feed) for rule in ("bp", "dp_top") for feed in ("host", "auto")
+    ]
+    assert {r["images"] for r in rows} == {40} and {r["steps"] for r in rows} == {5}
+    printed = capsys.readouterr().out
+    for r in rows:
+        feed = "host" if r["feed"] == "host" else f"auto ({r['feed_ran']})"
+        assert f"| mlp | {r['rule']} | {feed} | 40 | 8 |" in printed
 
 
 def test_random_batch_is_fixed_by_the_seed():

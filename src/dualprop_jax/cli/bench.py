@@ -49,8 +49,11 @@ def format_table(result: dict) -> str:
         ]
         for r in result["epoch_rows"]:
             ratio = f"{r['ratio_to_bp']:.3f}" if r["ratio_to_bp"] else "n/a"
+            feed = r["feed"] if r.get("feed_ran", r["feed"]) == r["feed"] else (
+                f"{r['feed']} ({r['feed_ran']})"
+            )  # fmt: skip
             lines.append(
-                f"| {r['model']} | {r['rule']} | {r['feed']} | {r['images']} | {r['batch']} | "
+                f"| {r['model']} | {r['rule']} | {feed} | {r['images']} | {r['batch']} | "
                 f"{r['epoch_s']:.2f} | {r['step_ms_median']:.2f} | {r['epoch_over_steps']:.3f} "
                 f"| {r['images_per_s']:.0f} | {ratio} |"
             )
@@ -75,6 +78,18 @@ def _multipass_rows(benchmark, args: argparse.Namespace, result: dict) -> list[d
             beta=args.beta, dtype=args.dtype,
         )  # fmt: skip
     return rows
+
+
+def _model_epoch(benchmark, args: argparse.Namespace, name: str, cpu: bool, epoch: dict):
+    """The epoch rows of model ``name`` on random data: ``--epoch-batch`` (``--vgg-batch``, 8
+    on CPU, for the large models), and ``--epoch-images`` or
+    :data:`~dualprop_jax.training.epoch_timing.EPOCH_STEPS` steps."""
+    batch = args.epoch_batch
+    if name in benchmark.LARGE_MODELS:
+        batch = args.vgg_batch or (benchmark.CPU_VGG_BATCH if cpu else args.epoch_batch)
+    images = args.epoch_images or batch * benchmark.EPOCH_STEPS.get(name, 20)
+    spec = benchmark.MODELS[name]
+    return benchmark.time_epoch(name=name, spec=spec, images=images, batch=batch, **epoch)
 
 
 def cmd_bench(args: argparse.Namespace, argv: list[str]) -> int:
@@ -103,7 +118,13 @@ def cmd_bench(args: argparse.Namespace, argv: list[str]) -> int:
         result.setdefault("epoch_rows", []).extend(rows)
     if args.vgg_epoch:
         result.setdefault("epoch_rows", []).extend(
-            benchmark.time_epoch(images=args.epoch_images, batch=args.epoch_batch, **epoch)
+            benchmark.time_epoch(
+                images=args.epoch_images or 45_000, batch=args.epoch_batch, **epoch
+            )
+        )
+    for name in _names(args.epoch_models):
+        result.setdefault("epoch_rows", []).extend(
+            _model_epoch(benchmark, args, name, result["backend"] == "cpu", epoch)
         )
     result["command"] = " ".join(["dualprop", *argv])
     print(format_table(result))

@@ -395,9 +395,24 @@ def _bench_epoch_arguments(p: argparse.ArgumentParser, b) -> None:
         help="also time one epoch of dualprop train's default model on Fashion-MNIST",
     )
     p.add_argument(
-        "--epoch-feeds", default="host,device", help="feeds of the epoch rows (host, device)"
+        "--epoch-models",
+        type=_bench_models,
+        default="",
+        help="also time one epoch of each of these models on random data of its input shape "
+        "(--epoch-images, or a few seconds of steps per model; vgg11, vgg16 and resnet18 at "
+        "--vgg-batch); '' for none",
     )
-    p.add_argument("--epoch-images", type=int, default=45_000, help="images in that epoch")
+    p.add_argument(
+        "--epoch-feeds",
+        default="host,device",
+        help="feeds of the epoch rows, of host, device, auto (auto: the feed training picks)",
+    )
+    p.add_argument(
+        "--epoch-images",
+        type=int,
+        default=None,
+        help="images in an epoch (default: 45000 for --vgg-epoch; per model for --epoch-models)",
+    )
     p.add_argument("--epoch-batch", type=int, default=100, help="batch of the epoch rows")
     p.add_argument("--epoch-repeats", type=int, default=3, help="timed epochs per rule (median)")
     p.add_argument("--epoch-warmup", type=int, default=1, help="untimed epochs per rule first")

@@ -47,6 +47,7 @@ from dualprop_jax.training.bench_setup import (
     random_batch,
     train_config,
 )
+from dualprop_jax.training.epoch_timing import EPOCH_STEPS as EPOCH_STEPS
 from dualprop_jax.training.epoch_timing import FMNIST_MLP as FMNIST_MLP
 from dualprop_jax.training.epoch_timing import time_epoch as time_epoch
 

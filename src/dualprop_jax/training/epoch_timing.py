@@ -28,6 +28,7 @@ from dualprop_jax.training.bench_setup import (
     random_batch,
     train_config,
 )
+from dualprop_jax.training.config import FEEDS
 from dualprop_jax.training.loop import train_epoch
 
 FMNIST_MLP = ModelSpec(
@@ -36,6 +37,11 @@ FMNIST_MLP = ModelSpec(
     "MLP 784-1000-1000-10 (the default of dualprop train)",
 )
 """The model of :func:`time_epoch` on Fashion-MNIST: ``dualprop train``'s default MLP."""
+
+
+EPOCH_STEPS = {"mlp": 100, "cnn": 40, "resnet8": 40}
+"""Steps of one random-data epoch of ``dualprop bench --epoch-models`` per model (default 20):
+a few seconds per epoch on a 2-core CPU."""
 
 
 def time_epoch(
@@ -58,7 +64,8 @@ def time_epoch(
 
     The loop is :func:`dualprop_jax.training.loop.train_epoch`, the one ``train_and_evaluate`` runs,
     with each feed of ``feeds``: ``"host"`` (batches gathered on the host and copied one by
-    one) and ``"device"`` (the set kept on the device, chunks of steps there). The data is
+    one), ``"device"`` (the set kept on the device, chunks of steps there) and ``"auto"``
+    (the loop's default choice; the row's ``feed_ran`` says which ran). The data is
     ``dataset``'s training split, or CIFAR-10-shaped random images (``images`` of them, for
     ``name``/``spec``, VGG16 by default); image inputs get random crop + flip on the device.
     Each step is compiled and run once before any clock starts; then ``warmup_epochs``
@@ -81,13 +88,13 @@ def time_epoch(
     steps, state, first_s = _first_steps(
         spec, rule_labels, feeds, x0, y0, key, beta=beta, dtype=dtype, seed=seed, augment=augment
     )
-    epoch_times, warm_times = _time_epochs(
+    epoch_times, warm_times, ran = _time_epochs(
         steps, state, dataset, batch=batch, seed=seed, warmup_epochs=warmup_epochs, rounds=repeats
     )
     step_ms = _step_medians(steps, state, x0, y0, key, step_samples)
     n_steps = len(dataset.x_train) // batch
     sizes = dict(name=name, n_steps=n_steps, batch=batch, dtype=dtype, repeats=repeats)
-    return _epoch_rows(epoch_times, warm_times, first_s, step_ms, **sizes)
+    return _epoch_rows(epoch_times, warm_times, first_s, step_ms, ran, **sizes)
 
 
 def _random_dataset(spec: ModelSpec, images: int, batch: int, seed: int) -> Dataset:
@@ -108,10 +115,13 @@ def _check_rounds(repeats: int, warmup_epochs: int, feeds: Sequence[str]) -> Non
         raise ValueError(
             f"need repeats >= 1 and warmup_epochs >= 0, got {repeats} and {warmup_epochs}."
         )
-    if "device" in feeds and warmup_epochs < 1:
+    unknown = [f for f in feeds if f not in FEEDS]
+    if unknown or not feeds:
+        raise ValueError(f"feeds {list(feeds)}: each must be one of {FEEDS}.")
+    if {"device", "auto"} & set(feeds) and warmup_epochs < 1:
         raise ValueError(
             "the device feed copies the set and compiles its chunk program in its first epoch: "
-            "time it with warmup_epochs >= 1."
+            "time it (and 'auto', which may choose it) with warmup_epochs >= 1."
         )
 
 
@@ -137,9 +147,11 @@ def _time_epochs(
 ) -> tuple[dict, dict]:
     """Run ``warmup_epochs`` untimed rounds, then ``rounds`` timed ones, of one epoch of
     every (rule, feed) of ``state``, interleaved; ``state`` is updated in place. Returns the
-    timed and the warm-up epoch seconds per (rule, feed)."""
+    timed and the warm-up epoch seconds per (rule, feed), and the feed each ran (what
+    ``"auto"`` chose)."""
     epoch_times: dict = {k: [] for k in state}
     warm_times: dict = {k: [] for k in state}
+    ran: dict = {}
 
     def run(entry: tuple[str, str], r: int) -> None:
         label, feed = entry
@@ -148,17 +160,18 @@ def _time_epochs(
             log_every=len(dataset.x_train), feed=feed,
         )  # fmt: skip
         state[entry] = result.state
+        ran[entry] = result.feed
         (warm_times if r < warmup_epochs else epoch_times)[entry].append(result.time_s)
 
     _interleaved(list(state), warmup_epochs + rounds, run)
-    return epoch_times, warm_times
+    return epoch_times, warm_times, ran
 
 
 def _epoch_rows(
-    epoch_times, warm_times, first_s, step_ms, *, name, n_steps, batch, dtype, repeats
+    epoch_times, warm_times, first_s, step_ms, ran, *, name, n_steps, batch, dtype, repeats
 ) -> list[dict]:
-    """One row of :func:`time_epoch` per (rule, feed), with its ratio to BP's epoch on the
-    same feed (None without a BP row)."""
+    """One row of :func:`time_epoch` per (rule, feed), with the feed that ran (``"auto"``'s
+    choice) and its ratio to BP's epoch on the same feed (None without a BP row)."""
     rows = []
     for (label, feed), times in epoch_times.items():
         epoch_s = statistics.median(times)
@@ -167,6 +180,7 @@ def _epoch_rows(
                 "model": name,
                 "rule": label,
                 "feed": feed,
+                "feed_ran": ran[label, feed],
                 "images": n_steps * batch,
                 "batch": batch,
                 "steps": n_steps,
