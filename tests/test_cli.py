@@ -98,11 +98,54 @@ def test_resume_that_changes_the_math_lists_each_field(fmnist_npz, tmp_path, cap
     assert _files(w) == before  # nothing was touched
 
 
-def test_resume_with_fewer_epochs_is_refused(fmnist_npz, tmp_path, capsys):
+def test_resume_needs_only_the_flags_it_changes(fmnist_npz, tmp_path, capsys):
+    """A resume starts from the saved settings: ``--workdir W --resume --epochs 2`` continues
+    a run made with a dataset, widths and seed it does not repeat. Oracle: a straight 2-epoch
+    run with the same flags (constant rate: equal bit for bit). A flag that is given and
+    differs from the saved value is still refused, by name."""
     w = tmp_path / "run"
-    assert cli.main(_args(fmnist_npz, w, "--epochs", "2")) == 0
-    code, _, err = _run([*_args(fmnist_npz, w, "--epochs", "1"), "--resume"], capsys)
-    assert code == 2 and "epochs: saved 2, given 1" in err
+    assert cli.main(_args(fmnist_npz, w, "--epochs", "1")) == 0
+    code, _, err = _run(["train", "--workdir", str(w), "--seed", "2", "--resume"], capsys)
+    assert code == 2 and "seed: saved 1, given 2" in err and "dataset" not in err
+    code, out, err = _run(["train", "--workdir", str(w), "--epochs", "2", "--resume"], capsys)
+    assert code == 0, err
+    assert "resuming after epoch 1" in out
+    saved = json.loads((w / "config.json").read_text())
+    assert saved["dataset"] == str(fmnist_npz) and saved["widths"] == [32]
+    straight = tmp_path / "straight"
+    assert cli.main(_args(fmnist_npz, straight, "--epochs", "2")) == 0
+    chex.assert_trees_all_equal(
+        checkpoints.load_checkpoint(w)[1]["params"],
+        checkpoints.load_checkpoint(straight)[1]["params"],
+    )
+
+
+def test_an_interrupted_run_resumes_to_any_total_above_the_epochs_done(
+    fmnist_npz, tmp_path, capsys
+):
+    """A run planned for 3 epochs and stopped after epoch 1 (its later checkpoints absent, as
+    after Ctrl-C) may resume with --epochs 2; --epochs 1 is refused with the smallest total
+    that works. Oracle: a straight 2-epoch run (constant rate: equal bit for bit)."""
+    w = tmp_path / "run"
+    assert cli.main(_args(fmnist_npz, w, "--epochs", "3", "--keep-checkpoints", "3")) == 0
+    for epoch in (2, 3):
+        for f in sorted((w / "checkpoints" / str(epoch)).rglob("*"), reverse=True):
+            f.unlink() if f.is_file() else f.rmdir()
+        (w / "checkpoints" / str(epoch)).rmdir()
+    assert checkpoints.latest_epoch(w) == 1
+    code, _, err = _run(["train", "--workdir", str(w), "--epochs", "1", "--resume"], capsys)
+    assert code == 2
+    assert "epochs: given 1, but the run has done 1 of its 3" in err and "--epochs 2" in err
+    code, _, err = _run(["train", "--workdir", str(w), "--epochs", "2", "--resume"], capsys)
+    assert code == 0, err
+    (ext,) = json.loads((w / "results.json").read_text())["epoch_extensions"]
+    assert ext["at_epoch"] == 1 and ext["from_epochs"] == 3 and ext["to_epochs"] == 2
+    straight = tmp_path / "straight"
+    assert cli.main(_args(fmnist_npz, straight, "--epochs", "2")) == 0
+    chex.assert_trees_all_equal(
+        checkpoints.load_checkpoint(w)[1]["params"],
+        checkpoints.load_checkpoint(straight)[1]["params"],
+    )
 
 
 def test_resume_of_a_folder_without_a_run_is_an_error(fmnist_npz, tmp_path, capsys):

@@ -66,9 +66,36 @@ def use_dtype(config: TrainConfig) -> None:
         jax.config.update("jax_enable_x64", True)
 
 
+def saved_values(args: argparse.Namespace) -> dict:
+    """The saved settings of the run that ``--resume`` continues (its ``--workdir``'s
+    ``config.json``), the base that a ``--config`` file and the given flags override; ``{}``
+    without ``--resume`` or where the workdir holds no config (the resume itself then says
+    what is missing)."""
+    workdir = getattr(args, "workdir", None)
+    if not getattr(args, "resume", False) or workdir is None:
+        return {}
+    path = pathlib.Path(workdir) / "config.json"
+    if not path.is_file():
+        return {}
+    try:
+        values = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(
+            f"--resume: the saved settings {path} cannot be read ({e}); restore that file, "
+            "or start a new --workdir."
+        ) from None
+    if not isinstance(values, dict):
+        raise ValueError(f"--resume: the saved settings {path} are not a JSON object of fields.")
+    return values
+
+
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """TrainConfig from an optional JSON file, overridden by the flags that were given."""
-    values = {} if args.config is None else read_config_file(args.config)
+    """TrainConfig from the given flags over an optional ``--config`` JSON file, over the
+    defaults; with ``--resume``, over the resumed run's saved settings instead of the defaults
+    (:func:`saved_values`), so a resume needs only the flags it changes."""
+    values = saved_values(args)
+    if args.config is not None:
+        values.update(read_config_file(args.config))
     for f in dataclasses.fields(TrainConfig):
         v = getattr(args, f.name, None)
         if v is not None and f.name != "rule":

@@ -45,6 +45,14 @@ def hebbian_grad(net, params, dyads: Dyads, config):
     """
     dtype = compute_dtype(config.dtype)
     bar, d = jax.lax.stop_gradient((s_bar(dyads, config.alpha), delta(dyads)))
+    import os
+    mode = os.environ.get("HB", "")
+    if mode == "both":
+        bar, d = jax.lax.optimization_barrier((bar, d))
+    elif mode == "bar":
+        bar = jax.lax.optimization_barrier(bar)
+    elif mode == "d":
+        d = jax.lax.optimization_barrier(d)
     scale = -1.0 / (config.beta * d[0].shape[0])
 
     def maps(p):

@@ -149,7 +149,9 @@ def resume_epoch(config: TrainConfig, workdir: pathlib.Path, resume: bool) -> in
 
     A workdir holding checkpoints is never overwritten: without ``resume`` it is refused. With
     ``resume`` the workdir must hold a run, and the config may differ from the saved one only
-    in :data:`~dualprop_jax.training.config.FREE_ON_RESUME` settings and in more ``epochs``.
+    in :data:`~dualprop_jax.training.config.FREE_ON_RESUME` settings and in ``epochs``: any
+    total above the epochs done (the learning-rate schedule is rebuilt for it; see
+    ``train._record_extension``).
     """
     saved_epoch = latest_epoch(workdir)
     if not resume:
@@ -186,10 +188,11 @@ def check_resumable(saved: TrainConfig, given: TrainConfig, done: int, workdir) 
     free = {*FREE_ON_RESUME, "epochs"}
     changed = [k for k in sorted(set(old) | set(new)) if k not in free and old.get(k) != new.get(k)]
     problems = [f"{k}: saved {old.get(k)!r}, given {new.get(k)!r}" for k in changed]
-    if given.epochs < saved.epochs:
+    if given.epochs <= done:
         problems.append(
-            f"epochs: saved {saved.epochs}, given {given.epochs} (a resumed run may go on for "
-            f"more epochs, not fewer; it has done {done})"
+            f"epochs: given {given.epochs}, but the run has done {done} of its {saved.epochs} "
+            f"(a resumed run goes on to any total above the {done} epochs done: pass --epochs "
+            f"{done + 1} or more)"
         )
     if problems:
         raise TrainingError(

@@ -284,13 +284,15 @@ def build_run(config: TrainConfig, ds: data_lib.Dataset) -> Run:
 
 
 def _record_extension(meta: dict, saved: TrainConfig | None, config: TrainConfig, ds) -> None:
-    """Note in ``meta`` (and so in ``results.json``) a resume that raised ``epochs``.
+    """Note in ``meta`` (and so in ``results.json``, under ``"epoch_extensions"``) a resume that
+    changed ``epochs``, to any total above the epochs done.
 
     The learning-rate schedule is rebuilt for the new number of epochs: a constant rate stays
-    as it was; a cosine decay is stretched to end at the new last step, so from the resume step
-    on the rate follows the longer cosine and jumps up at that step.
+    as it was; a cosine decay (and its warm-up) is recomputed to end at the new last step, so
+    from the resume step on the rate follows the new cosine: it jumps up at that step for more
+    epochs, down for fewer. The rates just before and after are recorded.
     """
-    if saved is None or config.epochs <= saved.epochs:
+    if saved is None or config.epochs == saved.epochs:
         return
     steps = len(ds.x_train) // config.batch_size
     step = meta["epoch"] * steps
