@@ -461,6 +461,25 @@ def test_labels_that_do_not_fit_the_data_are_reported(fmnist_raw, tmp_path, caps
     assert "np.unique(y, return_inverse=True)" in err
 
 
+@pytest.mark.parametrize(
+    "shift, gap, outputs, missing",
+    [(1, None, 11, "class(es) 0 never"), (0, 3, 10, "class(es) 3 never")],
+    ids=["labels_1_to_10", "a_gap_at_3"],
+)
+def test_labels_with_a_gap_are_reported(fmnist_raw, tmp_path, capsys, shift, gap, outputs,
+                                        missing):  # fmt: skip
+    """Labels 1..10, or 0..9 without class 3, would build an output with a class no example
+    has: refused with the class that is missing and the remap."""
+    y = fmnist_raw[1][:300].astype(np.int64) + shift
+    y_test = fmnist_raw[3][:100].astype(np.int64) + shift
+    if gap is not None:
+        y[y == gap], y_test[y_test == gap] = gap + 1, gap + 1
+    path = _saved_npz(tmp_path / "data.npz", fmnist_raw, y_train=y, y_test=y_test)
+    code, _, err = _run(_args(path, tmp_path / "run", "--epochs", "1"), capsys)
+    assert code == 2 and f"do not fit a {outputs}-way output" in err and missing in err
+    assert "np.unique(y, return_inverse=True)" in err and not (tmp_path / "run").exists()
+
+
 def test_multi_process_errors_name_cli_flags(tmp_path, capsys):
     code, _, err = _run(["train", "--coordinator", "127.0.0.1:5000", "--num-processes", "2",
                          "--workdir", str(tmp_path)], capsys)  # fmt: skip

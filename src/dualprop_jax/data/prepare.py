@@ -71,7 +71,8 @@ def _few(values: np.ndarray, k: int = 6) -> str:
 
 
 def _check_labels(name: str, y_train: np.ndarray, y_test: np.ndarray) -> int:
-    """The number of classes C = max label + 1, once the labels are seen to be 0..C-1."""
+    """The number of classes C = max label + 1, once the labels are seen to be 0..C-1, each
+    occurring in ``y_train`` (a gap would train an output that no example asks for)."""
     num_classes = int(max(y_train.max(), y_test.max())) + 1
     unseen = np.setdiff1d(np.unique(y_test), np.unique(y_train))
     if unseen.size:
@@ -80,11 +81,13 @@ def _check_labels(name: str, y_train: np.ndarray, y_test: np.ndarray) -> int:
             f"y_train; labels must be 0..C-1 with every class present in the training set"
         )
     present = np.unique(y_train)
-    if 2 * present.size < num_classes:
+    if present.size < num_classes:  # a gap: labels 1..10, or 0..9 with 999 among them
+        missing = np.setdiff1d(np.arange(num_classes), present)
         raise DataError(
             f"{name}: the labels do not fit a {num_classes}-way output: they reach "
             f"{num_classes - 1}, but only {present.size} distinct classes occur in y_train "
-            f"({_few(present)}). Labels must be 0..C-1; remap them, e.g. "
+            f"({_few(present)}); class(es) {_few(missing)} never occur. Labels must be "
+            "0..C-1 with every class present; remap them, e.g. "
             "classes, y = np.unique(y, return_inverse=True)"
         )
     return num_classes
