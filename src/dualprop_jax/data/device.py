@@ -178,32 +178,43 @@ def choose_feed(
 # The data and the epoch on the device
 # ---------------------------------------------------------------------------------------------
 
-_resident: dict[str, Any] = {}  # the one training set kept on the device: ref, mesh, data
+_resident: dict[str, dict[str, Any]] = {}  # per split, the one copy kept: ref, mesh, data
 
 
-def resident(dataset: Dataset, mesh: Mesh | None) -> DeviceData:
-    """``dataset``'s training split on every device of ``mesh``, copied on the first call for
-    this dataset object and mesh and reused after. One set is kept at a time: another dataset
-    (or mesh) replaces it, and it is dropped when ``dataset`` is garbage-collected; arrays
-    changed in place are not seen. Every process of a multi-process run holds the whole split
-    (as it does on the host)."""
-    ref = _resident.get("ref")
-    if ref is not None and ref() is dataset and _resident["mesh"] == mesh:
-        return _resident["data"]
-    x = dataset.x_train
-    if isinstance(x, StandardisedImages):
-        host = DeviceData(x.raw, np.asarray(dataset.y_train, np.int32), x.mean, x.std)
-    else:
-        host = DeviceData(np.asarray(x), np.asarray(dataset.y_train, np.int32), None, None)
-    _resident.clear()
-    data = jax.device_put(host, par.replicated(mesh))
-    _resident.update(ref=weakref.ref(dataset, _forget), mesh=mesh, data=data)
+def resident(dataset: Dataset, mesh: Mesh | None, split: str = "train") -> DeviceData:
+    """``dataset``'s split ``split`` (default the training split) on every device of ``mesh``,
+    copied on the first call for this dataset object, split and mesh and reused after. One set
+    is kept per split: another dataset (or mesh) replaces it, and it is dropped when
+    ``dataset`` is garbage-collected; arrays changed in place are not seen. Every process of a
+    multi-process run holds the whole split (as it does on the host)."""
+    kept = _resident.get(split, {})
+    ref = kept.get("ref")
+    if ref is not None and ref() is dataset and kept["mesh"] == mesh:
+        return kept["data"]
+    x, y = dataset.split(split)
+    _resident.pop(split, None)
+    data = put(x, y, mesh)
+    forget = functools.partial(_forget, split)
+    _resident[split] = dict(ref=weakref.ref(dataset, forget), mesh=mesh, data=data)
     return data
 
 
-def _forget(ref: weakref.ref) -> None:
-    if _resident.get("ref") is ref:
-        _resident.clear()
+def put(x, y, mesh: Mesh | None) -> DeviceData:
+    """``(x, y)`` on every device of ``mesh`` as stored: uint8
+    :class:`~dualprop_jax.data.StandardisedImages` with their ``mean`` and ``std``, else x as
+    its array; integer labels as int32, other targets (one-hot, soft) as they are."""
+    y = np.asarray(y)
+    y = y.astype(np.int32) if np.issubdtype(y.dtype, np.integer) else y
+    if isinstance(x, StandardisedImages):
+        host = DeviceData(x.raw, y, x.mean, x.std)
+    else:
+        host = DeviceData(np.asarray(x), y, None, None)
+    return jax.device_put(host, par.replicated(mesh))
+
+
+def _forget(split: str, ref: weakref.ref) -> None:
+    if _resident.get(split, {}).get("ref") is ref:
+        _resident.pop(split, None)
 
 
 def chunk_stops(steps: int, log_every: int, first_step: int, diagnostics_every: int = 0):
@@ -335,6 +346,7 @@ __all__ = [
     "default_budget",
     "describe_bytes",
     "device_memory",
+    "put",
     "resident",
     "runner",
     "start_epoch",

@@ -192,12 +192,12 @@ def make_train_step(
 
 
 @functools.lru_cache(maxsize=32)
-def make_eval_step(net: models.LayeredNet, mesh: Mesh | None) -> Callable:
-    """Jitted ``(rule, params, x, y, mask) -> (Σ loss, # correct)`` over the unmasked examples.
+def eval_score(net: models.LayeredNet) -> Callable:
+    """``(rule, params, x, y, mask) -> (Σ loss, # correct)`` over the unmasked examples (not
+    jitted; one function per network, so the programs built on it are cached).
 
     The prediction is ``rule.predict`` (the feedforward output; the free phase's output for EP
-    and CHL), the loss the rule's; targets may be labels, one-hot or soft. Cached per network
-    and mesh; the rule is an argument.
+    and CHL), the loss the rule's; targets may be labels, one-hot or soft.
     """
 
     def eval_step(rule, params, x, y, mask):
@@ -206,6 +206,14 @@ def make_eval_step(net: models.LayeredNet, mesh: Mesh | None) -> Callable:
         losses = per_example_loss(rule.loss, y_hat, targets_as_array(y_hat, y))
         return jnp.sum(jnp.where(mask, losses, 0.0)), num_correct(y_hat, y, mask)
 
+    return eval_step
+
+
+@functools.lru_cache(maxsize=32)
+def make_eval_step(net: models.LayeredNet, mesh: Mesh | None) -> Callable:
+    """Jitted :func:`eval_score`: ``(rule, params, x, y, mask) -> (Σ loss, # correct)``.
+    Cached per network and mesh; the rule is an argument."""
+    eval_step = eval_score(net)
     if mesh is None:
         return jax.jit(eval_step)
     rep, batch = par.replicated(mesh), par.batch_sharding(mesh)
@@ -222,15 +230,20 @@ def evaluate(
     batch_size: int = 1000,
     split: str = "test",
     mesh: Mesh | None = None,
+    feed: str = "auto",
 ) -> dict[str, float]:
     """``{"loss": mean ℓ, "accuracy": fraction correct}`` of what ``rule`` predicts over ``data``.
 
     ``data`` is a :class:`Dataset` (its ``split``) or a pair ``(x, y)`` with labels, one-hot or
     soft targets. The prediction is ``rule.predict`` (the feedforward output; EP's and CHL's
-    free phase), the loss and compute dtype the rule's. Batches are padded to ``batch_size``
-    (rounded up to a multiple of the mesh's devices), so every batch runs one compiled
-    program. An empty split gives NaN for both; integer labels outside the network's outputs
-    raise ``ValueError``.
+    free phase), the loss and compute dtype the rule's. Batches of ``batch_size`` (at most the
+    split, rounded up to a multiple of the mesh's devices); only the last batch is shorter, and
+    it is padded only as far as the devices need. ``feed``: ``"device"`` copies the split to
+    the device(s) once (a Dataset's split is kept there for later calls) and sums its batches
+    in one jitted scan (:mod:`~dualprop_jax.training.evaluation`); ``"host"`` copies batch by
+    batch; ``"auto"`` is the device where the split fits the device feed's budget. Both give
+    the same sums to float32 rounding. An empty split gives NaN for both; integer labels
+    outside the network's outputs raise ``ValueError``.
     """
     check_net(net)
     check_rule(rule)
@@ -239,12 +252,48 @@ def evaluate(
         return {"loss": float("nan"), "accuracy": float("nan")}
     check_input(net, first := np.asarray(x[:1]))
     check_labels(y, num_outputs(net, params, first))
-    batch_size += (-batch_size) % par.num_devices(mesh)
+    if _eval_feed(feed, x, y, mesh) == "device":
+        from dualprop_jax.data import device as device_data
+        from dualprop_jax.training import evaluation
+
+        on_device = (
+            device_data.resident(data, mesh, split)
+            if isinstance(data, Dataset)
+            else device_data.put(x, y, mesh)
+        )
+        params = jax.device_put(params, par.replicated(mesh))
+        loss, correct = evaluation.device_sums(
+            eval_score(net), rule, params, on_device, batch_size, mesh
+        )
+        return {"loss": loss / len(x), "accuracy": correct / len(x)}
+    return _host_evaluate(net, params, x, np.asarray(y), rule, batch_size, mesh)
+
+
+def _eval_feed(feed: str, x, y, mesh: Mesh | None) -> str:
+    """``"device"`` or ``"host"`` for evaluating ``(x, y)``: ``"auto"`` is the device where the
+    split as stored takes at most the device feed's budget."""
+    from dualprop_jax.data import StandardisedImages
+    from dualprop_jax.data import device as device_data
+
+    if feed not in ("auto", "device", "host"):
+        raise ValueError(f"feed={feed!r} is invalid: feed must be 'auto', 'device' or 'host'.")
+    if feed != "auto":
+        return feed
+    stored = x.raw.nbytes if isinstance(x, StandardisedImages) else np.asarray(x).nbytes
+    fits = stored + np.asarray(y).nbytes <= device_data.default_budget(mesh)
+    return "device" if fits else "host"
+
+
+def _host_evaluate(net, params, x, y, rule, batch_size, mesh) -> dict[str, float]:
+    """The host path of :func:`evaluate`: batches gathered (and standardised) on the host."""
+    from dualprop_jax.training.evaluation import eval_plan
+
+    batch_size = eval_plan(len(x), batch_size, par.num_devices(mesh))[0]
     eval_step = make_eval_step(net, mesh)
     sharding = par.batch_sharding(mesh)
     total_loss, total_correct = 0.0, 0
     # x stays as stored: uint8 StandardisedImages are standardised batch by batch
-    for xb, yb, mask in padded_batches(x, np.asarray(y), batch_size):
+    for xb, yb, mask in padded_batches(x, y, batch_size):
         arrays = (par.global_array(a, sharding) for a in (xb, yb, mask))
         loss, correct = eval_step(rule, params, *arrays)
         total_loss += float(loss)

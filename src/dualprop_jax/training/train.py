@@ -218,7 +218,7 @@ class Run:
     def evaluate(self, params, ds: data_lib.Dataset, split: str) -> dict[str, float]:
         return evaluate(
             self.net, params, ds, self.config.rule, split=split,
-            batch_size=self.config.eval_batch_size, mesh=self.mesh,
+            batch_size=self.config.eval_batch_size, mesh=self.mesh, feed=self.config.feed,
         )  # fmt: skip
 
     def rule_metrics(self, state: TrainState) -> dict[str, float]:
