@@ -128,6 +128,7 @@ def write_table(
                 f"{statistics.mean(r['steps_per_s'] or 0 for r in rs):.1f} |"
             )
     lines += ["", "Configs: `experiments/configs/<setup>.json`. Runs: `runs/compare/`.", ""]
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines))
 
 
@@ -137,7 +138,9 @@ def main() -> None:
     parser.add_argument("--rules", default="dp_top,bp,dp", help="rule labels, comma-separated")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--runs", type=pathlib.Path, default=pathlib.Path("runs/compare"))
-    parser.add_argument("--out", type=pathlib.Path, default=HERE / "RESULTS.md")
+    parser.add_argument(
+        "--out", type=pathlib.Path, default=HERE / "studies" / "results" / "compare" / "compare.md"
+    )
     parser.add_argument(
         "--override",
         action="append",
