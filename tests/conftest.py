@@ -3,11 +3,36 @@
 import gzip
 import os
 import pathlib
+import tempfile
 
-import numpy as np
-import pytest
+# One compilation cache for the whole test run, shared by the xdist workers and every process a
+# test starts (CLI runs, multi-process workers, notebooks, the README script): the same
+# programs, and Flax's op-by-op parameter initialisation (seconds per process), are compiled
+# once instead of once per process. XLA keys each entry by the program, the compile options
+# and the jax/jaxlib versions, so a hit runs what a fresh compilation would.
+_CACHE = {
+    "JAX_COMPILATION_CACHE_DIR": str(pathlib.Path(tempfile.gettempdir()) / "dualprop-jax-tests"),
+    "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+    "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+}
+for _name, _value in _CACHE.items():
+    os.environ.setdefault(_name, _value)
 
-from dualprop_jax.data import Dataset
+import jax  # noqa: E402 (after the cache settings, which jax reads at import)
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from dualprop_jax.data import Dataset  # noqa: E402
+
+jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
+jax.config.update(
+    "jax_persistent_cache_min_compile_time_secs",
+    float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]),
+)
+jax.config.update(
+    "jax_persistent_cache_min_entry_size_bytes",
+    int(os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"]),
+)
 
 # DUALPROP_TEST_FMNIST_DIR points the tests at a copy elsewhere (e.g. on a machine without apt).
 FMNIST_DIR = pathlib.Path(
