@@ -18,7 +18,16 @@ import jax
 import jax.numpy as jnp
 
 from dualprop_jax.core import inference
-from dualprop_jax.core.states import Aux, Dyads, batch_loss, compute_dtype, delta, s_bar, wide
+from dualprop_jax.core.states import (
+    Aux,
+    Dyads,
+    batch_loss,
+    compute_dtype,
+    delta,
+    node_mean,
+    s_bar,
+    wide,
+)
 
 
 def local_objective(net, params, dyads: Dyads, config) -> jax.Array:
@@ -40,19 +49,13 @@ def hebbian_grad(net, params, dyads: Dyads, config):
 
     Equal to ``jax.grad(local_objective)``, with the structure of ``params``; the factor
     -1/(βB) is applied to the (small) parameter gradients rather than to every δ_j, which saves
-    a pass over each activation. The primals W_k(s̄_i) that the vjp evaluates are unused, and
-    jit removes them.
+    a pass over each activation. s̄ is :func:`~dualprop_jax.core.states.node_mean` (the values
+    of ``s_bar``, computed once per node for a pooling map to read). The primals W_k(s̄_i) that
+    the vjp evaluates are unused, and jit removes them.
     """
     dtype = compute_dtype(config.dtype)
-    bar, d = jax.lax.stop_gradient((s_bar(dyads, config.alpha), delta(dyads)))
-    import os
-    mode = os.environ.get("HB", "")
-    if mode == "both":
-        bar, d = jax.lax.optimization_barrier((bar, d))
-    elif mode == "bar":
-        bar = jax.lax.optimization_barrier(bar)
-    elif mode == "d":
-        d = jax.lax.optimization_barrier(d)
+    bar = tuple(node_mean(sp, sm, config.alpha) for sp, sm in zip(*dyads, strict=True))
+    bar, d = jax.lax.stop_gradient((bar, delta(dyads)))
     scale = -1.0 / (config.beta * d[0].shape[0])
 
     def maps(p):

@@ -38,6 +38,26 @@ def s_bar(dyads: Dyads, alpha) -> tuple[jax.Array, ...]:
     )
 
 
+def node_mean(s_plus: jax.Array, s_minus: jax.Array, alpha) -> jax.Array:
+    """s̄ = α s⁺ + (1-α) s⁻ of one node, the same products and sum as :func:`s_bar`, taken as
+    the second row of the stacked mix (δ, s̄) = W (s⁺, s⁻), W = [[1, -1], [α, 1-α]]
+    (``s_plus`` itself where ``s_plus`` is ``s_minus``).
+
+    Written so, XLA:CPU computes s̄ in one loop fusion that a consumer library fusion (YNNPACK's
+    max pool of the Hebbian vjp) reads as one buffer; the expression of :func:`s_bar` is pulled
+    into that fusion instead, which then reads s⁺ and s⁻ (each written by a fusion of its own)
+    and two activation-sized broadcasts of α and 1-α.
+    """
+    if s_plus is s_minus:
+        return s_plus
+    dtype = s_plus.dtype
+    shape = (2,) + (1,) * s_plus.ndim
+    one = jnp.ones((), dtype)
+    w_plus = jnp.stack([one, jnp.asarray(alpha, dtype)]).reshape(shape)
+    w_minus = jnp.stack([-one, jnp.asarray(1.0 - alpha, dtype)]).reshape(shape)
+    return (w_plus * s_plus[None] + w_minus * s_minus[None])[1]
+
+
 def delta(dyads: Dyads) -> tuple[jax.Array, ...]:
     """Error of every node: δ_j = s⁺_j - s⁻_j (zero at the input)."""
     return tuple(sp - sm for sp, sm in zip(*dyads, strict=True))
