@@ -236,13 +236,13 @@ def evaluate(
 
     ``data`` is a :class:`Dataset` (its ``split``) or a pair ``(x, y)`` with labels, one-hot or
     soft targets. The prediction is ``rule.predict`` (the feedforward output; EP's and CHL's
-    free phase), the loss and compute dtype the rule's. Batches of ``batch_size`` (at most the
-    split, rounded up to a multiple of the mesh's devices); only the last batch is shorter, and
-    it is padded only as far as the devices need. ``feed``: ``"device"`` copies the split to
-    the device(s) once (a Dataset's split is kept there for later calls) and sums its batches
-    in one jitted scan (:mod:`~dualprop_jax.training.evaluation`); ``"host"`` copies batch by
-    batch; ``"auto"`` is the device where the split fits the device feed's budget. Both give
-    the same sums to float32 rounding. An empty split gives NaN for both; integer labels
+    free phase), the loss and compute dtype the rule's. Batches of ``batch_size``, at most the
+    split, rounded up to a multiple of the mesh's devices. ``feed``: ``"device"`` copies the
+    split to the device(s) once (a Dataset's split is kept there for later calls), sums its
+    full batches in one jitted scan and runs the last one padded only as far as the devices
+    need (:mod:`~dualprop_jax.training.evaluation`); ``"host"`` copies batch by batch, the
+    last one padded to the batch (one compiled program); ``"auto"`` is the device where the
+    split fits the device feed's budget. Both give the same sums to float32 rounding. An empty split gives NaN for both; integer labels
     outside the network's outputs raise ``ValueError``.
     """
     check_net(net)
