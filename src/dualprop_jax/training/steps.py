@@ -242,8 +242,8 @@ def evaluate(
     full batches in one jitted scan and runs the last one padded only as far as the devices
     need (:mod:`~dualprop_jax.training.evaluation`); ``"host"`` copies batch by batch, the
     last one padded to the batch (one compiled program); ``"auto"`` is the device where the
-    split fits the device feed's budget. Both give the same sums to float32 rounding. An empty split gives NaN for both; integer labels
-    outside the network's outputs raise ``ValueError``.
+    split fits the device feed's budget. Both give the same sums to float32 rounding. An empty
+    split gives NaN for both; integer labels outside the network's outputs raise ``ValueError``.
     """
     check_net(net)
     check_rule(rule)
