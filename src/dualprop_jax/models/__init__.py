@@ -1,12 +1,21 @@
 """Networks as Flax NNX modules and their pure view for the learning rules.
 
 - :mod:`~dualprop_jax.models.maps`: the layer maps (dense, conv, pools, identity) and activations;
+- :mod:`~dualprop_jax.models.attention`: the transformer's maps (patch embedding, pre-LN
+  attention and dense maps, the pooled head);
 - :mod:`~dualprop_jax.models.graph`: a network's DAG structure and the forward walk over it;
 - :mod:`~dualprop_jax.models.net`: the ``Network`` module, its static view ``LayeredNet``,
   ``split`` and ``merge``;
-- :mod:`~dualprop_jax.models.zoo`: builders (MLP, CNN, VGG, ResNet).
+- :mod:`~dualprop_jax.models.zoo`: builders (MLP, CNN, VGG, ResNet, ViT).
 """
 
+from dualprop_jax.models.attention import (
+    MeanPoolHead,
+    PatchEmbed,
+    PreLNAttention,
+    PreLNDense,
+    TokenDense,
+)
 from dualprop_jax.models.graph import Graph, edge_sum, propagate
 from dualprop_jax.models.maps import (
     ACTIVATIONS,
@@ -33,6 +42,7 @@ from dualprop_jax.models.zoo import (
     vgg,
     vgg11,
     vgg16,
+    vit,
 )
 
 __all__ = [
@@ -46,7 +56,12 @@ __all__ = [
     "Graph",
     "Identity",
     "LayeredNet",
+    "MeanPoolHead",
     "Network",
+    "PatchEmbed",
+    "PreLNAttention",
+    "PreLNDense",
+    "TokenDense",
     "cnn",
     "conv_net",
     "edge_sum",
@@ -64,4 +79,5 @@ __all__ = [
     "vgg",
     "vgg11",
     "vgg16",
+    "vit",
 ]

@@ -11,6 +11,13 @@ from collections.abc import Sequence
 import jax.numpy as jnp
 from flax import nnx
 
+from dualprop_jax.models.attention import (
+    MeanPoolHead,
+    PatchEmbed,
+    PreLNAttention,
+    PreLNDense,
+    TokenDense,
+)
 from dualprop_jax.models.graph import Graph
 from dualprop_jax.models.maps import (
     HIDDEN_INIT,
@@ -28,6 +35,8 @@ LAYOUTS = ("unpooled", "pooled")
 
 VGG11 = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")
 VGG16 = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
+
+
 def mlp(
     widths: Sequence[int], *, activation: str = "relu", rngs: nnx.Rngs, param_dtype=jnp.float32
 ) -> Network:
@@ -279,3 +288,52 @@ def resnet20(**kwargs) -> Network:
 def resnet18(**kwargs) -> Network:
     """ResNet-18-style: 64/128/256/512 channels, two basic blocks each, 3x3 stem."""
     return resnet(**RESNET_PRESETS["resnet18"], **kwargs)
+
+
+# ------------------------------------------------------------------ vision transformer (a DAG)
+
+
+def vit(
+    input_shape: Sequence[int] = (28, 28, 1),
+    num_classes: int = 10,
+    *,
+    patch: int = 7,
+    width: int = 64,
+    depth: int = 2,
+    heads: int = 4,
+    mlp_ratio: int = 2,
+    rngs: nnx.Rngs,
+    param_dtype=jnp.float32,
+) -> Network:
+    """A small vision transformer (pre-LN, no BatchNorm, no class token) as a :class:`Graph`.
+
+    Nodes and edges (:mod:`~dualprop_jax.models.attention` says what is inside each edge):
+    ``embed`` = PatchEmbed(x) (patches plus learned positions; tokens × ``width``); for each
+    block b, ``b{b}.attn`` = u + MHA(LN(u)) with u the previous stream node,
+    ``b{b}.h`` = GELU(W₁ LN(``b{b}.attn``) + b₁) (``mlp_ratio`` × ``width`` per token) and
+    ``b{b}`` = ``b{b}.attn`` + W₂ ``b{b}.h`` + b₂; the output is W mean_t LN(s)_t + b of the last
+    stream node. The stream nodes are identity sum nodes, the MLP hidden nodes dyads with GELU.
+    """
+    if len(input_shape) != 3:
+        raise ValueError(f"vit needs an image input shape (H, W, C), got {tuple(input_shape)}.")
+    kw = dict(rngs=rngs, param_dtype=param_dtype)
+    edges: list[tuple[str, str]] = [("input", "embed")]
+    maps: list[nnx.Module] = [PatchEmbed(input_shape, patch, width, **kw)]
+    activations = {"embed": "identity"}
+    node = "embed"
+    for b in range(int(depth)):
+        mid, hidden, out = f"b{b}.attn", f"b{b}.h", f"b{b}"
+        edges += [(node, mid), (node, mid), (mid, hidden), (mid, out), (hidden, out)]
+        maps += [
+            Identity(),
+            PreLNAttention(width, heads, **kw),
+            PreLNDense(width, mlp_ratio * width, **kw),
+            Identity(),
+            TokenDense(mlp_ratio * width, width, **kw),
+        ]
+        activations |= {mid: "identity", hidden: "gelu", out: "identity"}
+        node = out
+    edges.append((node, "output"))
+    maps.append(MeanPoolHead(width, num_classes, **kw))
+    graph = Graph.from_edges(edges, activations)
+    return Network(maps, "gelu", input_shape=tuple(int(d) for d in input_shape), graph=graph)
