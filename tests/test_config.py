@@ -136,8 +136,9 @@ def test_a_chain_only_rule_on_a_residual_model_is_refused_before_any_data(rule):
     from dualprop_jax.training.config import TrainConfig
 
     message = re.escape(f"rule '{rule.label}' is defined for layered chains only")
-    with pytest.raises(ValueError, match=message):
-        TrainConfig(model="resnet8", rule=rule)
+    for graph_model in ("resnet8", "vit"):
+        with pytest.raises(ValueError, match=message):
+            TrainConfig(model=graph_model, rule=rule)
     assert TrainConfig(model="mlp", rule=rule).rule == rule  # chains take it
 
 

@@ -146,3 +146,20 @@ def test_one_attention_edge_equals_the_dyad_equations():
         for gl, wl in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
             tol = 1e-5 * float(jnp.max(jnp.abs(scale * wl))) + 1e-7
             np.testing.assert_allclose(gl, scale * wl, rtol=0, atol=tol)
+
+
+@pytest.mark.parametrize("shape, tokens", [((28, 28, 1), 16), ((32, 32, 3), 64)])
+def test_vit_of_the_config_cuts_its_inputs_into_patches(shape, tokens):
+    """``dualprop train --model vit`` builds models.vit with 7x7 patches of 28x28 images and
+    4x4 of 32x32: (H/p)(W/p) tokens, a stream of tokens × 64 and one logit per class."""
+    from dualprop_jax.training.config import TrainConfig
+    from dualprop_jax.training.steps import build_model
+
+    module = build_model(TrainConfig(model="vit"), shape, 10, nnx.Rngs(0))
+    net, params = models.split(module)
+    assert module.layers[0].tokens == tokens
+    assert net.graph.names[1:3] == ("embed", "b0.attn") and net.graph.activations[3] == "gelu"
+    x = jnp.zeros((2, *shape))
+    assert net.forward(params, x).shape == (2, 10)
+    with pytest.raises(ValueError, match="does not divide"):
+        models.vit((30, 30, 1), patch=7, rngs=nnx.Rngs(0))

@@ -88,6 +88,13 @@ MODELS |= {
         "ResNet-18 32x32x3: stem 64, 2 blocks each of 64/128/256/512, no BatchNorm",
         graph=True,
     ),
+    "vit": ModelSpec(
+        lambda rngs: models.vit((28, 28, 1), patch=7, rngs=rngs),
+        (28, 28, 1),
+        "ViT 28x28x1: 7x7 patches (16 tokens), width 64, 2 pre-LN blocks of 4 heads, GELU MLP "
+        "128, mean-pooled head",
+        graph=True,
+    ),
 }
 """The benchmark's models: every model of ``dualprop train --model``
 (:data:`dualprop_jax.training.config.MODELS`), at the input shape it is usually trained on."""

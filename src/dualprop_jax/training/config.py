@@ -14,8 +14,11 @@ from typing import Any
 
 from dualprop_jax import models, rules
 
-MODELS = ("mlp", "cnn", "vgg11", "vgg16", "resnet8", "resnet20", "resnet18")
-"""Chains (MLP, CNN, VGG) and residual networks (graphs; :func:`dualprop_jax.models.resnet`)."""
+MODELS = ("mlp", "cnn", "vgg11", "vgg16", "resnet8", "resnet20", "resnet18", "vit")
+"""Chains (MLP, CNN, VGG), residual networks (graphs; :func:`dualprop_jax.models.resnet`) and a
+small vision transformer (a graph; :func:`dualprop_jax.models.vit`)."""
+GRAPH_MODELS = ("resnet8", "resnet20", "resnet18", "vit")
+"""The models that are graphs, on which chain-only rules are refused."""
 OPTIMIZERS = ("adam", "sgd")
 LR_SCHEDULES = ("constant", "cosine")
 FEEDS = ("auto", "device", "host")  # see dualprop_jax.data.device.choose_feed
@@ -103,10 +106,10 @@ class TrainConfig:
         ):
             if getattr(self, name) not in allowed:
                 raise _bad(name, getattr(self, name), f"one of {allowed}")
-        if self.model in models.RESNET_PRESETS and not self.rule.on_graphs:
+        if self.model in GRAPH_MODELS and not self.rule.on_graphs:
             raise ValueError(
                 f"rule {self.rule.label!r} is defined for layered chains only, and model "
-                f"{self.model!r} is a residual graph; train it with dp, dp_top (plain, fast, any "
+                f"{self.model!r} is a graph; train it with dp, dp_top (plain, fast, any "
                 "passes) or bp, or choose a chain model (mlp, cnn, vgg11, vgg16)."
             )
 

@@ -337,7 +337,8 @@ def rule_metrics_fn(net: models.LayeredNet, rule: Rule, params, rule_state) -> C
 def build_model(
     config: TrainConfig, input_shape: Sequence[int], num_classes: int, rngs: nnx.Rngs
 ) -> models.Network:
-    """The network named by ``config.model`` for inputs of ``input_shape`` (one example)."""
+    """The network named by ``config.model`` for inputs of ``input_shape`` (one example);
+    ``config.activation`` applies to the chains and ResNets (the ViT's MLPs use GELU)."""
     input_shape = tuple(input_shape)
     if config.model == "mlp":
         d_in = int(np.prod(input_shape))
@@ -357,6 +358,9 @@ def build_model(
     )
     if config.model in models.RESNET_PRESETS:
         return models.resnet(**models.RESNET_PRESETS[config.model], **kw)
+    if config.model == "vit":  # GELU in its MLPs; 7x7 patches of 28x28 images, else 4x4
+        patch = 7 if input_shape[0] % 7 == 0 and input_shape[1] % 7 == 0 else 4
+        return models.vit(input_shape, num_classes, patch=patch, rngs=rngs)
     kw["layout"] = config.layout
     if config.model == "cnn":
         return models.cnn(channels=config.channels, dense=config.dense, **kw)
