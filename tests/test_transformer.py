@@ -28,12 +28,12 @@ def _relative_errors(got, want) -> float:
     return max(float(jnp.linalg.norm(g - w)) for g, w in leaves) / total
 
 
-def _causal_lm_graph(rngs: nnx.Rngs, tokens: int, width: int, features: int, classes: int):
+def _causal_lm_graph(rngs: nnx.Rngs, tokens: int, width: int, vocab: int, classes: int):
     """Two pre-LN blocks with causal attention, LayerNorm and GELU dyads, on tokens × width
-    states; a dense embedding of per-token features (with the learned positions of
-    PatchEmbed's kind written as a bias per token), and a mean-pooled head."""
+    states; a token + positional embedding of integer ids (the input node), and a mean-pooled
+    head."""
     edges = [("input", "embed")]
-    maps: list[nnx.Module] = [attention.TokenDense(features, width, rngs=rngs)]
+    maps: list[nnx.Module] = [attention.TokenEmbed(vocab, tokens, width, rngs=rngs)]
     acts = {"embed": "identity"}
     node = "embed"
     for b in range(2):
@@ -51,17 +51,18 @@ def _causal_lm_graph(rngs: nnx.Rngs, tokens: int, width: int, features: int, cla
     edges.append((node, "output"))
     maps.append(attention.MeanPoolHead(width, classes, rngs=rngs))
     graph = models.Graph.from_edges(edges, acts)
-    return models.Network(maps, "gelu", input_shape=(tokens, features), graph=graph)
+    return models.Network(maps, "gelu", input_shape=(tokens,), graph=graph)
 
 
 def _problem(kind: str):
+    """``(net, params, x, y)``: the ViT on 8x8 images, or the causal graph on 5 token ids."""
     rngs = nnx.Rngs(0)
     if kind == "vit":
         module = models.vit((8, 8, 1), 3, patch=4, width=8, depth=2, heads=2, rngs=rngs)
         x = jax.random.normal(jax.random.key(1), (6, 8, 8, 1))
     else:
-        module = _causal_lm_graph(rngs, tokens=5, width=8, features=4, classes=3)
-        x = jax.random.normal(jax.random.key(1), (6, 5, 4))
+        module = _causal_lm_graph(rngs, tokens=5, width=8, vocab=11, classes=3)
+        x = jax.random.randint(jax.random.key(1), (6, 5), 0, 11)  # token ids
     net, params = models.split(module)
     return net, params, x, jnp.arange(6) % 3
 
@@ -69,16 +70,19 @@ def _problem(kind: str):
 @pytest.mark.parametrize("kind", ["vit", "causal"])
 def test_transformer_gradient_tends_to_bp_at_the_order_the_math_gives(kind):
     """float64. At α = ½ the error is O(β²): β = 0.1 → 0.01 divides it by ≥ 10 (100 up to
-    the float64 floor of this graph, measured ~2e-8) and it is ≤ 1e-5 at β = 0.1 (measured
-    3.5e-7 on the ViT). At α ∈ {0, 1} it is O(β): the same step divides it by 10 ± 2 (its
-    size at β = 0.01, 5e-5 to 2e-2 by variant and graph, is only bounded by 0.05).
-    Checked to fail: the feedback vjp at a wrong state (1.05 s), the causal mask missing in
-    the attention's vjp but not its value, LayerNorm parameters left out of the Hebbian
-    gradient."""
+    the float64 floor, measured ~2e-8) and it is ≤ 1e-4 at β = 0.1 (measured 3.5e-7 on the
+    ViT, 1.4e-5 on the token graph). At α ∈ {0, 1} it is O(β): β = 1e-4 → 1e-5 divides it by
+    10 ± 2, and it is ≤ 0.05 at 1e-5. (DP's first-order constant on the causal token graph is
+    about 90: its error is 0.07 at β = 0.1 and 0.01 and 9e-4 at 1e-5, so the order is only
+    visible below β = 1e-3.)
+    Checked to fail: the feedback vjp at a wrong state (1.05 s); LayerNorm parameters left
+    out of the Hebbian gradient. (A causal mask dropped from the vjp alone passes here, since
+    BP differentiates the same map: the causality test below catches it.)
+    """
     net, params, x, y = _problem(kind)
     with jax.enable_x64(True):
         p64 = jax.tree.map(lambda a: a.astype(jnp.float64), params)
-        x64 = x.astype(jnp.float64)
+        x64 = x.astype(jnp.float64) if kind == "vit" else x  # token ids stay integers
         bp = rules.backprop(dtype="float64").grad(net, p64, (), x64, y)[0]
 
         def error(variant, alpha, beta):
@@ -87,9 +91,9 @@ def test_transformer_gradient_tends_to_bp_at_the_order_the_math_gives(kind):
 
         for variant in ("dp_top", "dp"):
             coarse, fine = error(variant, 0.5, 0.1), error(variant, 0.5, 0.01)
-            assert coarse <= 1e-5 and fine <= coarse / 10, (variant, coarse, fine)
+            assert coarse <= 1e-4 and fine <= coarse / 10, (variant, coarse, fine)
             for alpha in (0.0, 1.0):
-                coarse, fine = error(variant, alpha, 0.1), error(variant, alpha, 0.01)
+                coarse, fine = error(variant, alpha, 1e-4), error(variant, alpha, 1e-5)
                 assert fine <= 0.05 and 8 <= coarse / fine <= 12, (variant, alpha, coarse, fine)
 
 
@@ -163,3 +167,23 @@ def test_vit_of_the_config_cuts_its_inputs_into_patches(shape, tokens):
     assert net.forward(params, x).shape == (2, 10)
     with pytest.raises(ValueError, match="does not divide"):
         models.vit((30, 30, 1), patch=7, rngs=nnx.Rngs(0))
+
+
+def test_causal_attention_feedback_reaches_no_later_token():
+    """Oracle: causality. The feedback J(s)ᵀ c of a causal attention map with the cotangent c
+    on token 0 only is exactly 0 on tokens 1..T-1 (token 0 attends to itself alone), and the
+    map's value at token 0 ignores them; the non-causal map's feedback reaches them. A mask
+    kept in the value but dropped from the vjp fails the first assertion."""
+    s = jax.random.normal(jax.random.key(4), (2, 5, 8))
+    c = jnp.zeros((2, 5, 8)).at[:, 0].set(1.0)
+    for causal in (True, False):
+        layer = attention.PreLNAttention(8, 2, causal=causal, rngs=nnx.Rngs(5))
+        out, vjp = jax.vjp(layer, s)
+        (fb,) = vjp(c)
+        later = float(jnp.max(jnp.abs(fb[:, 1:])))
+        if causal:
+            assert later == 0.0
+            moved = layer(s.at[:, 1:].set(0.0))
+            np.testing.assert_array_equal(moved[:, 0], out[:, 0])
+        else:
+            assert later > 1e-3

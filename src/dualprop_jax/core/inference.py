@@ -31,6 +31,7 @@ from dualprop_jax.core import nodes
 from dualprop_jax.core.forward import forward
 from dualprop_jax.core.states import Dyads, check_batch, compute_dtype, wide
 from dualprop_jax.losses import targets_as_array
+from dualprop_jax.models.net import as_compute
 
 
 class Parts(NamedTuple):
@@ -65,7 +66,7 @@ def start(net, params, x, y, config, parts: Parts = DEFAULT_PARTS) -> Start:
     ``config.sweep``), linearised at the forward activities."""
     check_batch(net, x, y)
     dtype = compute_dtype(config.dtype)
-    fw = forward(net, params, x.astype(dtype), dtype, keep_vjps=True)
+    fw = forward(net, params, as_compute(x, dtype), dtype, keep_vjps=True)
     s, a, N = fw.states, fw.pre, net.output_node
     y_hat = a[N]
     t = targets_as_array(y_hat.astype(wide(dtype)), y)

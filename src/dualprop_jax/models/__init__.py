@@ -15,6 +15,7 @@ from dualprop_jax.models.attention import (
     PreLNAttention,
     PreLNDense,
     TokenDense,
+    TokenEmbed,
 )
 from dualprop_jax.models.graph import Graph, edge_sum, propagate
 from dualprop_jax.models.maps import (
@@ -62,6 +63,7 @@ __all__ = [
     "PreLNAttention",
     "PreLNDense",
     "TokenDense",
+    "TokenEmbed",
     "cnn",
     "conv_net",
     "edge_sum",

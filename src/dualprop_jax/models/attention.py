@@ -1,4 +1,4 @@
-"""Transformer layer maps: patch embedding, pre-LN attention, pre-LN dense, the pooled head.
+"""Transformer layer maps: patch and token embeddings, pre-LN attention and dense maps, a head.
 
 Each is an edge map W_θ(s) of one node's state s, as the dense and conv maps are, so the
 learning rules treat it alike: the feedback into the source node is the vjp of the whole map at
@@ -46,6 +46,28 @@ class PatchEmbed(nnx.Module):
         patches = x.reshape(b, h // p, p, w // p, p, c).transpose(0, 1, 3, 2, 4, 5)
         patches = patches.reshape(b, self.tokens, p * p * c)
         return self.proj(patches) + self.position[...].astype(patches.dtype)
+
+
+class TokenEmbed(nnx.Module):
+    """a = E[x] + P: each integer token id of a sequence looked up in a ``vocab`` × ``width``
+    table, plus a learned positional embedding P (one vector per position, ``length`` of them).
+    Input (B, T) int → output (B, T, width). The input node holds the integer ids; the lookup
+    is inside the edge (its vjp reaches the table, not the ids)."""
+
+    reads_tokens = True  # the network's shape check probes its input as int32 ids
+
+    def __init__(
+        self, vocab: int, length: int, width: int, *, rngs: nnx.Rngs, param_dtype=jnp.float32
+    ):
+        init = nnx.initializers.normal(0.02)
+        self.table = nnx.Param(init(rngs.params(), (int(vocab), width), param_dtype))
+        self.position = nnx.Param(init(rngs.params(), (int(length), width), param_dtype))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        if not jnp.issubdtype(x.dtype, jnp.integer):
+            raise TypeError(f"TokenEmbed reads integer token ids, got {x.dtype} inputs.")
+        table = self.table[...]  # in the compute dtype the rule gave the parameters
+        return jnp.take(table, x, axis=0) + self.position[: x.shape[-1]].astype(table.dtype)
 
 
 class PreLNAttention(nnx.Module):
@@ -112,4 +134,11 @@ class MeanPoolHead(nnx.Module):
         return self.dense(jnp.mean(self.norm(s), axis=-2))
 
 
-__all__ = ["MeanPoolHead", "PatchEmbed", "PreLNAttention", "PreLNDense", "TokenDense"]
+__all__ = [
+    "MeanPoolHead",
+    "PatchEmbed",
+    "PreLNAttention",
+    "PreLNDense",
+    "TokenDense",
+    "TokenEmbed",
+]

@@ -96,8 +96,11 @@ class Network(nnx.Module):
 
 
 def _check_graph_shapes(layers, graph: Graph, input_shape: tuple[int, ...]) -> None:
-    """Each node's in-edges must give one shape: ``ValueError`` naming the node and edges."""
-    shapes = [jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)]
+    """Each node's in-edges must give one shape: ``ValueError`` naming the node and edges. The
+    input is probed as float32, or as int32 token ids where a map reading it says
+    ``reads_tokens``."""
+    tokens = any(getattr(layers[k], "reads_tokens", False) for k in graph.out_edges[0])
+    shapes = [jax.ShapeDtypeStruct((1, *input_shape), jnp.int32 if tokens else jnp.float32)]
     for j in range(1, graph.output + 1):
         outs = {}
         for k in graph.in_edges[j]:
@@ -130,6 +133,12 @@ def _shape_or_none(shape: Sequence[int] | None) -> tuple[int, ...] | None:
     if not shape or min(shape) < 1:
         raise ValueError(f"input_shape must be positive sizes of one example, got {shape}.")
     return shape
+
+
+def as_compute(s: jax.Array, dtype) -> jax.Array:
+    """``s`` in the compute ``dtype``, except integer states (token ids), which stay as they
+    are: an embedding map reads them as indices."""
+    return s if jnp.issubdtype(s.dtype, jnp.integer) else s.astype(dtype)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -213,10 +222,11 @@ class LayeredNet:
         return layers.get(k, {}) if hasattr(layers, "get") else layers[k]
 
     def apply_map(self, k: int, params_k, s: jax.Array, dtype=None) -> jax.Array:
-        """a_{k+1} = W_k(params_k, s), computed in ``dtype`` when given."""
+        """a_{k+1} = W_k(params_k, s), computed in ``dtype`` when given (integer states, the
+        tokens of an embedding's input node, stay integers)."""
         if dtype is not None:
             params_k = jax.tree.map(lambda t: t.astype(dtype), params_k)
-            s = s.astype(dtype)
+            s = as_compute(s, dtype)
         return nnx.merge(self.graphdefs[k], params_k)(s)
 
     def pools_input(self, params, k: int) -> bool:
@@ -231,7 +241,7 @@ class LayeredNet:
         pools its input)."""
         if dtype is not None:
             params_k = jax.tree.map(lambda t: t.astype(dtype), params_k)
-            s = s.astype(dtype)
+            s = as_compute(s, dtype)
         layer = nnx.merge(self.graphdefs[k], params_k)
         return layer.core(s) if hasattr(layer, "core") else layer(s)
 
