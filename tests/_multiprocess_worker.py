@@ -37,6 +37,7 @@ CASES = {  # name: (model, rule)
     "mlp_dp_top": ("mlp", "dp_top"),
     "cnn_dp_top": ("cnn", "dp_top"),
     "resnet_dp_top": ("resnet8", "dp_top"),  # a graph (a small one): both kinds of skip
+    "vit_dp_top": ("vit", "dp_top"),  # attention, LayerNorm and GELU edges on token states
     "mlp_dp": ("mlp", "dp"),
     "mlp_bp": ("mlp", "bp"),
     "mlp_dp_top_damped": ("mlp", "dp_top+damped"),
@@ -52,7 +53,7 @@ SHORT_RUN_TRAIN = 3000
 def batches(model: str, steps: int = STEPS, batch: int = GLOBAL_BATCH):
     """Fixed global batches ``(steps, batch, ...)``: every process builds the same ones."""
     rng = np.random.default_rng(1234)
-    shape = {"cnn": (28, 28, 1), "resnet8": (8, 8, 1)}.get(model, (20,))
+    shape = {"cnn": (28, 28, 1), "resnet8": (8, 8, 1), "vit": (8, 8, 1)}.get(model, (20,))
     x = rng.standard_normal((steps, batch, *shape)).astype(np.float32)
     y = rng.integers(0, 10, (steps, batch)).astype(np.int32)
     return x, y
@@ -66,6 +67,8 @@ def build(model: str):
         return models.split(
             models.resnet(widths=(4, 8), blocks=(1, 1), input_shape=(8, 8, 1), rngs=rngs)
         )
+    if model == "vit":
+        return models.split(models.vit((8, 8, 1), patch=4, width=8, depth=1, heads=2, rngs=rngs))
     return models.split(models.mlp((20, 32, 24, 10), rngs=rngs))
 
 

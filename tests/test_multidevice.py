@@ -160,7 +160,7 @@ def _assert_steps_match(got, oracle, name: str, atol: float = 1e-5) -> None:
 
 @pytest.mark.parametrize("name", list(worker.CASES))
 def test_four_device_steps_equal_one_device_steps(four_devices, oracle, name):
-    """DP⊤ (MLP, CNN and a ResNet graph), DP, BP, damped DP⊤, KP-DP (B_k included), EP and CHL:
+    """DP⊤ (MLP, CNN, a ResNet graph, a ViT), DP, BP, damped DP⊤, KP-DP (B_k included), EP, CHL:
     each of 3 data-parallel steps on a global batch of 16, split 4 ways, gives the
     single-device step's parameters, loss and correct count within 1e-5 (float32). A rule
     whose gradient were a per-device sum (not a mean) would be 4x off."""
