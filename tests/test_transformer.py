@@ -187,3 +187,23 @@ def test_causal_attention_feedback_reaches_no_later_token():
             np.testing.assert_array_equal(moved[:, 0], out[:, 0])
         else:
             assert later > 1e-3
+
+
+def test_a_train_step_takes_token_ids_and_checks_their_labels():
+    """A jitted train step on the causal graph reads integer token ids (the label check
+    probes the network with ids, not floats), moves the parameters, and refuses a label
+    beyond the 3 outputs by name."""
+    import optax
+
+    from dualprop_jax.training.steps import TrainState, make_train_step
+
+    net, params, x, y = _problem("causal")
+    rule, optimizer = rules.dual_prop(variant="dp_top"), optax.sgd(0.1)
+    step = make_train_step(net, rule, optimizer)
+    state = TrainState.create(net, params, rule, optimizer)
+    new, metrics = step(state, x, np.asarray(y))
+    assert np.isfinite(float(metrics["loss"]))
+    moved = jax.tree.leaves(jax.tree.map(lambda a, b: jnp.abs(a - b).max(), new.params, params))
+    assert max(float(m) for m in moved) > 0
+    with pytest.raises(ValueError, match=r"labels must be in 0\.\.2"):
+        step(new, x, np.where(np.arange(len(y)) == 0, 7, np.asarray(y)))

@@ -29,7 +29,7 @@ import jax
 
 from dualprop_jax.core import nodes
 from dualprop_jax.core.forward import forward
-from dualprop_jax.core.states import Dyads, check_batch, compute_dtype, wide
+from dualprop_jax.core.states import Dyads, check_batch, compute_dtype, node_mean, wide
 from dualprop_jax.losses import targets_as_array
 from dualprop_jax.models.net import as_compute
 
@@ -86,13 +86,13 @@ def resolve(net, params, j: int, sp: list, sm: list, t, beta_g_hat, config, part
     """Re-solve node j in place from the current s̄ of its parents (a_j = Σ W_k(s̄_i)) and δ of
     its children (fb_j at s̄_j); the output node from its current a_N."""
     alpha, dtype = config.alpha, compute_dtype(config.dtype)
-    bar = {i: alpha * sp[i] + (1 - alpha) * sm[i] for i in map(net.source, net.in_edges(j))}
+    bar = {i: node_mean(sp[i], sm[i], alpha) for i in map(net.source, net.in_edges(j))}
     a = net.pre_activation(params, j, bar, dtype)
     if j == net.output_node:
         beta_g = nodes.nudge(config.loss, config.beta, a, t) if config.variant == "dp" else None
         sp[j], sm[j] = _output(config, a, t, beta_g_hat if beta_g is None else beta_g)
         return
-    s_bar_j = alpha * sp[j] + (1 - alpha) * sm[j]
+    s_bar_j = node_mean(sp[j], sm[j], alpha)
     fb = nodes.node_feedback(net, params, j, s_bar_j, lambda i: sp[i] - sm[i], parts.feedback,
                              dtype)  # fmt: skip
     c = nodes.coefficients(config.variant, alpha)

@@ -32,21 +32,19 @@ class Aux(NamedTuple):
 
 
 def s_bar(dyads: Dyads, alpha) -> tuple[jax.Array, ...]:
-    """Activity of every node: s̄_j = α s⁺_j + (1-α) s⁻_j (s⁺_j itself where s⁺_j is s⁻_j)."""
-    return tuple(
-        sp if sp is sm else alpha * sp + (1.0 - alpha) * sm for sp, sm in zip(*dyads, strict=True)
-    )
+    """Activity of every node: s̄_j = α s⁺_j + (1-α) s⁻_j (s⁺_j itself where s⁺_j is s⁻_j),
+    each by :func:`node_mean`."""
+    return tuple(node_mean(sp, sm, alpha) for sp, sm in zip(*dyads, strict=True))
 
 
 def node_mean(s_plus: jax.Array, s_minus: jax.Array, alpha) -> jax.Array:
-    """s̄ = α s⁺ + (1-α) s⁻ of one node, the same products and sum as :func:`s_bar`, taken as
-    the second row of the stacked mix (δ, s̄) = W (s⁺, s⁻), W = [[1, -1], [α, 1-α]]
-    (``s_plus`` itself where ``s_plus`` is ``s_minus``).
+    """s̄ = α s⁺ + (1-α) s⁻ of one node (``s_plus`` itself where ``s_plus`` is ``s_minus``),
+    taken as the second row of the stacked mix (δ, s̄) = W (s⁺, s⁻), W = [[1, -1], [α, 1-α]].
 
-    Written so, XLA:CPU computes s̄ in one loop fusion that a consumer library fusion (YNNPACK's
-    max pool of the Hebbian vjp) reads as one buffer; the expression of :func:`s_bar` is pulled
-    into that fusion instead, which then reads s⁺ and s⁻ (each written by a fusion of its own)
-    and two activation-sized broadcasts of α and 1-α.
+    Written so, XLA:CPU computes s̄ in one loop fusion that a consumer library fusion
+    (YNNPACK's max pool of the Hebbian vjp) reads as one buffer; the plain expression
+    α s⁺ + (1-α) s⁻ is pulled into that fusion instead, which then reads s⁺ and s⁻ (each
+    written by a fusion of its own) and two activation-sized broadcasts of α and 1-α.
     """
     if s_plus is s_minus:
         return s_plus

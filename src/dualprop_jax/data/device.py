@@ -87,12 +87,19 @@ class Carry(NamedTuple):
 # ---------------------------------------------------------------------------------------------
 
 
+def split_bytes(x, y) -> int:
+    """Bytes of a split ``(x, y)`` as the device copy holds it: x as stored (uint8 pixels, or
+    its array) and integer labels as int32 (other targets as they are)."""
+    pixels = x.raw.nbytes if isinstance(x, StandardisedImages) else np.asarray(x).nbytes
+    y = np.asarray(y)
+    labels = y.size * 4 if np.issubdtype(y.dtype, np.integer) else y.nbytes
+    return int(pixels + labels)
+
+
 def stored_bytes(dataset: Dataset) -> int:
     """Bytes of the training split as stored (uint8 pixels, or float32) plus its int32 labels:
     what the device feed copies to each device."""
-    x = dataset.x_train
-    pixels = x.raw.nbytes if isinstance(x, StandardisedImages) else np.asarray(x).nbytes
-    return int(pixels + len(dataset.y_train) * 4)
+    return split_bytes(dataset.x_train, dataset.y_train)
 
 
 def device_memory(mesh: Mesh | None) -> int | None:
@@ -349,6 +356,7 @@ __all__ = [
     "put",
     "resident",
     "runner",
+    "split_bytes",
     "start_epoch",
     "stored_bytes",
 ]

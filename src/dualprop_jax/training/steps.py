@@ -86,7 +86,9 @@ def num_outputs(net, params, x) -> int:
     wrong input shape is reported by name first (:func:`~dualprop_jax.core.states.check_input`)."""
     check_input(net, x)
     abstract = jax.tree.map(lambda t: jax.ShapeDtypeStruct(t.shape, t.dtype), params)
-    one = jax.ShapeDtypeStruct((1, *x.shape[1:]), jnp.float32)
+    # token ids (integers) stay integers; anything else is probed as float32
+    dtype = x.dtype if jnp.issubdtype(x.dtype, jnp.integer) else jnp.float32
+    one = jax.ShapeDtypeStruct((1, *x.shape[1:]), dtype)
     return int(jax.eval_shape(net.forward, abstract, one).shape[-1])
 
 
@@ -272,15 +274,13 @@ def evaluate(
 def _eval_feed(feed: str, x, y, mesh: Mesh | None) -> str:
     """``"device"`` or ``"host"`` for evaluating ``(x, y)``: ``"auto"`` is the device where the
     split as stored takes at most the device feed's budget."""
-    from dualprop_jax.data import StandardisedImages
     from dualprop_jax.data import device as device_data
 
     if feed not in ("auto", "device", "host"):
         raise ValueError(f"feed={feed!r} is invalid: feed must be 'auto', 'device' or 'host'.")
     if feed != "auto":
         return feed
-    stored = x.raw.nbytes if isinstance(x, StandardisedImages) else np.asarray(x).nbytes
-    fits = stored + np.asarray(y).nbytes <= device_data.default_budget(mesh)
+    fits = device_data.split_bytes(x, y) <= device_data.default_budget(mesh)
     return "device" if fits else "host"
 
 
