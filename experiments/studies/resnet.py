@@ -45,6 +45,7 @@ class Settings:
     train_images: int | None = None  # None: all 60 000
     batch_size: int = 100
     learning_rate: float = 1e-3
+    feed: str = "auto"  # the device feed where the split fits (dualprop_jax.data.device)
 
 
 QUICK = Settings(seeds=(0,), epochs=1, train_images=300)
@@ -66,7 +67,7 @@ def _config(s: Settings, rule: str, seed: int):
         seed=seed,
         val_fraction=0.0,
         max_train=s.train_images,
-        feed="host",  # on XLA:CPU the device feed's loop of conv steps is several times slower
+        feed=s.feed,
     )
 
 
@@ -172,25 +173,35 @@ def figure(results: dict):
 
 
 def main(argv=None) -> int:
-    p = common.parser(STUDY, __doc__)
-    p.add_argument("--epochs", type=int, default=None, help="epochs per run (default 3)")
+    return study_main(STUDY, TITLE, __doc__, Settings(), QUICK, argv)
+
+
+def study_main(
+    study: str, title: str, doc: str, defaults: Settings, quick: Settings, argv=None
+) -> int:
+    """The command line of a (model, rules, seeds) accuracy study: this one, or another model's
+    (``experiments/studies/vit.py``) with its own ``defaults`` and ``quick`` slice."""
+    p = common.parser(study, doc)
+    p.add_argument(
+        "--epochs", type=int, default=None, help=f"epochs per run (default {defaults.epochs})"
+    )
     p.add_argument(
         "--train-images", type=int, default=None, help="training images (default: all 60 000)"
     )
     p.add_argument("--seeds", default=None, help="comma-separated seeds (default 0,1,2)")
     args = p.parse_args(argv)
-    s = QUICK if args.quick else Settings()
+    s = quick if args.quick else defaults
     if args.epochs is not None:
         s = dataclasses.replace(s, epochs=args.epochs)
     if args.train_images is not None:
         s = dataclasses.replace(s, train_images=args.train_images or None)
     if args.seeds is not None:
         s = dataclasses.replace(s, seeds=tuple(int(v) for v in args.seeds.split(",")))
-    out = common.out_dir(STUDY, args)
-    prov = common.Provenance(STUDY, args.quick, argv)
+    out = common.out_dir(study, args)
+    prov = common.Provenance(study, args.quick, argv)
     results = run(s, out)
     meta = prov.finish()
-    common.write_outputs(out, STUDY, TITLE, table(results), results, figure(results), meta)
+    common.write_outputs(out, study, title, table(results), results, figure(results), meta)
     print(table(results))
     return 0
 
