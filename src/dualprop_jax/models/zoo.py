@@ -17,6 +17,7 @@ from dualprop_jax.models.attention import (
     PreLNAttention,
     PreLNDense,
     TokenDense,
+    TokenEmbed,
 )
 from dualprop_jax.models.graph import Graph
 from dualprop_jax.models.maps import (
@@ -320,20 +321,61 @@ def vit(
     edges: list[tuple[str, str]] = [("input", "embed")]
     maps: list[nnx.Module] = [PatchEmbed(input_shape, patch, width, **kw)]
     activations = {"embed": "identity"}
+    node = _pre_ln_blocks(edges, maps, activations, depth, width, heads, mlp_ratio, False, kw)
+    edges.append((node, "output"))
+    maps.append(MeanPoolHead(width, num_classes, **kw))
+    graph = Graph.from_edges(edges, activations)
+    return Network(maps, "gelu", input_shape=tuple(int(d) for d in input_shape), graph=graph)
+
+
+def _pre_ln_blocks(edges, maps, activations, depth, width, heads, mlp_ratio, causal, kw) -> str:
+    """Append ``depth`` pre-LN blocks after node ``embed`` to ``edges``, ``maps`` and
+    ``activations``; return the last stream node. Block b: ``b{b}.attn`` = u + MHA(LN(u)),
+    ``b{b}.h`` = GELU(W₁ LN(``b{b}.attn``) + b₁), ``b{b}`` = ``b{b}.attn`` + W₂ ``b{b}.h`` + b₂."""
     node = "embed"
     for b in range(int(depth)):
         mid, hidden, out = f"b{b}.attn", f"b{b}.h", f"b{b}"
         edges += [(node, mid), (node, mid), (mid, hidden), (mid, out), (hidden, out)]
         maps += [
             Identity(),
-            PreLNAttention(width, heads, **kw),
+            PreLNAttention(width, heads, causal=causal, **kw),
             PreLNDense(width, mlp_ratio * width, **kw),
             Identity(),
             TokenDense(mlp_ratio * width, width, **kw),
         ]
         activations |= {mid: "identity", hidden: "gelu", out: "identity"}
         node = out
+    return node
+
+
+def causal_lm(
+    length: int = 64,
+    vocab: int = 256,
+    *,
+    width: int = 64,
+    depth: int = 2,
+    heads: int = 4,
+    mlp_ratio: int = 4,
+    rngs: nnx.Rngs,
+    param_dtype=jnp.float32,
+) -> Network:
+    """A small causal transformer language model (pre-LN, GPT-style) as a :class:`Graph`: it
+    reads ``length`` token ids (integers in 0..``vocab``-1; bytes by default) and gives the
+    next-token logits at every position, output (B, ``length``, ``vocab``).
+
+    Nodes and edges: the input node holds the ids; ``embed`` = E[x] + P (token table plus
+    learned positions, :class:`~dualprop_jax.models.attention.TokenEmbed`); the blocks as in
+    :func:`vit` but with causal attention (token t attends to tokens ≤ t); the output is
+    W LN(s)_t + b of the last stream node at each position. Train it with labels (B, T), the
+    ids shifted by one: each example's loss is the sum of its positions' cross-entropies
+    (:mod:`dualprop_jax.losses`).
+    """
+    kw = dict(rngs=rngs, param_dtype=param_dtype)
+    edges: list[tuple[str, str]] = [("input", "embed")]
+    maps: list[nnx.Module] = [TokenEmbed(vocab, length, width, **kw)]
+    activations = {"embed": "identity"}
+    node = _pre_ln_blocks(edges, maps, activations, depth, width, heads, mlp_ratio, True, kw)
     edges.append((node, "output"))
-    maps.append(MeanPoolHead(width, num_classes, **kw))
+    maps.append(PreLNDense(width, vocab, **kw))
     graph = Graph.from_edges(edges, activations)
-    return Network(maps, "gelu", input_shape=tuple(int(d) for d in input_shape), graph=graph)
+    return Network(maps, "gelu", input_shape=(int(length),), graph=graph)

@@ -30,6 +30,7 @@ from dualprop_jax.data import Dataset
 from dualprop_jax.data import device as device_data
 from dualprop_jax.data.pipeline import epoch_order, step_key
 from dualprop_jax.errors import DivergenceError
+from dualprop_jax.losses import labels_per_example
 from dualprop_jax.training import parallel as par
 from dualprop_jax.training.steps import TrainState, TrainStep
 
@@ -91,6 +92,7 @@ def train_epoch(
     The input ``state`` is donated when ``step`` donates.
     """
     feed = device_data.choose_feed(feed, dataset, mesh)
+    scored = batch_size * labels_per_example(dataset.y_train[:1])  # predictions per batch
     order = epoch_order(len(dataset.x_train), batch_size, seed, epoch)
     steps, first_step = len(order), (epoch - 1) * len(order)
     every = diagnostics[1] if diagnostics is not None else 0
@@ -108,13 +110,13 @@ def train_epoch(
             cos = jax.device_get(diagnostics[0](state.params, *last_batch()))
             records.append({"step": first_step + n - 1, "epoch": epoch, "cosine": _floats(cos)})
         if n % log_every == 0 or n == steps:
-            _report(on_progress, epoch, n, steps, loss_sum, correct_sum, batch_size, start_loss)
+            _report(on_progress, epoch, n, steps, loss_sum, correct_sum, scored, start_loss)
     jax.block_until_ready(state.params)
     t1 = time.perf_counter()
     return EpochResult(
         state=state,
         loss=float(loss_sum) / steps,
-        accuracy=int(correct_sum) / (steps * batch_size),
+        accuracy=int(correct_sum) / (steps * scored),
         time_s=t1 - t0,
         timed_steps=steps - 1,
         timed_s=t1 - t_first if steps > 1 else 0.0,
@@ -132,10 +134,10 @@ def _first_step(state, loss_sum, start_loss) -> tuple[float, float]:
     return start, time.perf_counter()
 
 
-def _report(on_progress, epoch, n, steps, loss_sum, correct_sum, batch_size, start) -> None:
+def _report(on_progress, epoch, n, steps, loss_sum, correct_sum, scored, start) -> None:
     """Check the running mean loss after step ``n`` of the epoch (NaN/Inf, or above
     ``GROWTH_LIMIT`` × max(1, ``start``), raises :class:`DivergenceError`) and pass it, with the
-    running accuracy, to ``on_progress``."""
+    running accuracy (``scored`` predictions per batch), to ``on_progress``."""
     mean_loss = float(loss_sum) / n
     if not math.isfinite(mean_loss):
         raise DivergenceError(f"the training loss became {mean_loss} at epoch {epoch}, step {n}.")
@@ -146,7 +148,7 @@ def _report(on_progress, epoch, n, steps, loss_sum, correct_sum, batch_size, sta
         )
     if on_progress is not None:
         progress = dict(epoch=epoch, step=n, steps=steps, loss=mean_loss)
-        on_progress(dict(progress, accuracy=int(correct_sum) / (n * batch_size)))
+        on_progress(dict(progress, accuracy=int(correct_sum) / (n * scored)))
 
 
 def _host_feed(step, state, dataset, order, first_step, seed, mesh) -> Iterator[_Done]:

@@ -31,7 +31,12 @@ from dualprop_jax.core import alignment
 from dualprop_jax.core.states import check_input, check_net, compute_dtype
 from dualprop_jax.data import Dataset
 from dualprop_jax.data.pipeline import augment_batch, padded_batches
-from dualprop_jax.losses import num_correct, per_example_loss, targets_as_array
+from dualprop_jax.losses import (
+    labels_per_example,
+    num_correct,
+    per_example_loss,
+    targets_as_array,
+)
 from dualprop_jax.rules import Backprop, Rule, check_rule
 from dualprop_jax.training import parallel as par
 
@@ -96,12 +101,13 @@ def check_labels(y, outputs: int) -> None:
     """``ValueError`` naming the integer labels in ``y`` (host data) outside 0..outputs-1: they
     would train silently against an all-zero one-hot target."""
     y = np.asarray(y)
-    if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
+    if y.ndim < 1 or not np.issubdtype(y.dtype, np.integer):
         return  # one-hot or soft targets, or a shape the step itself reports
-    bad = np.flatnonzero((y < 0) | (y >= outputs))
-    if bad.size:
-        shown = ", ".join(f"{int(y[i])} at index {int(i)}" for i in bad[:5])
-        more = f" and {bad.size - 5} more" if bad.size > 5 else ""
+    bad = np.argwhere((y < 0) | (y >= outputs))  # (example,) or (example, position) indices
+    if len(bad):
+        where = [tuple(int(i) for i in b) for b in bad[:5]]
+        shown = ", ".join(f"{int(y[w])} at index {w[0] if len(w) == 1 else w}" for w in where)
+        more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
         raise ValueError(
             f"labels must be in 0..{outputs - 1} (the network has {outputs} outputs); got "
             f"{shown}{more}. Remap them, or build the network with more outputs."
@@ -234,7 +240,8 @@ def evaluate(
     mesh: Mesh | None = None,
     feed: str = "auto",
 ) -> dict[str, float]:
-    """``{"loss": mean ℓ, "accuracy": fraction correct}`` of what ``rule`` predicts over ``data``.
+    """``{"loss": mean ℓ, "accuracy": fraction correct}`` of what ``rule`` predicts over ``data``
+    (ℓ summed over an example's positions, accuracy per position, for sequence labels (N, T)).
 
     ``data`` is a :class:`Dataset` (its ``split``) or a pair ``(x, y)`` with labels, one-hot or
     soft targets. The prediction is ``rule.predict`` (the feedforward output; EP's and CHL's
@@ -267,7 +274,7 @@ def evaluate(
         loss, correct = evaluation.device_sums(
             eval_score(net), rule, params, on_device, batch_size, mesh
         )
-        return {"loss": loss / len(x), "accuracy": correct / len(x)}
+        return {"loss": loss / len(x), "accuracy": correct / (len(x) * labels_per_example(y))}
     return _host_evaluate(net, params, x, np.asarray(y), rule, batch_size, mesh)
 
 
@@ -298,7 +305,8 @@ def _host_evaluate(net, params, x, y, rule, batch_size, mesh) -> dict[str, float
         loss, correct = eval_step(rule, params, *arrays)
         total_loss += float(loss)
         total_correct += int(correct)
-    return {"loss": total_loss / len(x), "accuracy": total_correct / len(x)}
+    scored = len(x) * labels_per_example(y)
+    return {"loss": total_loss / len(x), "accuracy": total_correct / scored}
 
 
 def alignment_fn(net: models.LayeredNet, rule: Rule) -> Callable:
