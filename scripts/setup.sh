@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Set up a checkout on Debian: the Fashion-MNIST package and python3-venv (apt-get, with sudo
-# only when not root), then .venv with dualprop-jax installed in editable mode.
+# Set up a checkout on Debian: the Fashion-MNIST package, the fortunes text corpus (the
+# language model's data) and python3-venv (apt-get, with sudo only when not root), then .venv
+# with dualprop-jax installed in editable mode.
 #   bash scripts/setup.sh          # the package
 #   bash scripts/setup.sh test     # the package and the test extra (what .ci/run uses)
 set -euo pipefail
@@ -11,6 +12,7 @@ SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 need=()
 [ -d /usr/share/datasets/fashion-mnist ] || need+=(dataset-fashion-mnist)
+[ -f /usr/share/games/fortunes/fortunes ] || need+=(fortunes)
 python3 -c "import venv, ensurepip" 2>/dev/null || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing Debian packages: ${need[*]}"

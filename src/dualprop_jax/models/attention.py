@@ -70,6 +70,28 @@ class TokenEmbed(nnx.Module):
         return jnp.take(table, x, axis=0) + self.position[: x.shape[-1]].astype(table.dtype)
 
 
+def attend(query, key, value, mask=None, *, dropout_rate: float = 0.0, **unused) -> jax.Array:
+    """Multi-head scaled dot-product attention, o_qh = Σ_k softmax_k(⟨q_qh, k_kh⟩ / √d) v_kh,
+    the logits of masked-out pairs (``mask`` False) at a large negative number. Inputs
+    (batch, tokens, heads, d); the attention function of :class:`PreLNAttention`.
+
+    ``jax.nn.dot_product_attention`` (what nnx calls by default) computes the softmax in
+    float32 whatever its inputs; that is kept for float32 and narrower inputs. Float64 inputs
+    get the same operations with the softmax in float64, so a float64 gradient check has no
+    float32 floor under it.
+    """
+    if dropout_rate:
+        raise ValueError("attend has no attention dropout; use dropout_rate=0.")
+    mask = None if mask is None else mask.astype(bool)
+    if jnp.promote_types(query.dtype, jnp.float32) == jnp.float32:
+        return jax.nn.dot_product_attention(query, key, value, mask=mask)
+    logits = jnp.einsum("...qhd,...khd->...hqk", query, key) * query.shape[-1] ** -0.5
+    if mask is not None:
+        logits = jnp.where(mask, logits, -0.7 * float(jnp.finfo(logits.dtype).max))
+    probs = jax.nn.softmax(logits, axis=-1)
+    return jnp.einsum("...hqk,...khd->...qhd", probs, value)
+
+
 class PreLNAttention(nnx.Module):
     """a = MHA(LN(s)): multi-head self-attention of the LayerNorm of a tokens × width state,
     optionally causal (token t attends to tokens ≤ t). LayerNorm, queries, keys, values, the
@@ -86,7 +108,7 @@ class PreLNAttention(nnx.Module):
         self.norm = nnx.LayerNorm(width, rngs=rngs, param_dtype=param_dtype)
         self.attention = nnx.MultiHeadAttention(
             heads, width, qkv_features=width, out_features=width, decode=False, rngs=rngs,
-            param_dtype=param_dtype,
+            param_dtype=param_dtype, attention_fn=attend,
         )  # fmt: skip
 
     def __call__(self, s: jax.Array) -> jax.Array:
@@ -141,4 +163,5 @@ __all__ = [
     "PreLNDense",
     "TokenDense",
     "TokenEmbed",
+    "attend",
 ]
