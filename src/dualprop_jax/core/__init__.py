@@ -27,7 +27,7 @@ from dualprop_jax.core.fast import dual_activation, fast_grad
 from dualprop_jax.core.feedback import init_feedback, kolen_pollack_feedback
 from dualprop_jax.core.forward import Forward, forward
 from dualprop_jax.core.hebbian import contrastive_grad, hebbian_grad, local_objective
-from dualprop_jax.core.inference import Parts, infer, infer_dyads
+from dualprop_jax.core.inference import Parts, infer, infer_dyads, infer_kept, mean_is_forward
 from dualprop_jax.core.nodes import (
     DampedUpdate,
     node_feedback,
@@ -57,11 +57,13 @@ __all__ = [
     "hebbian_grad",
     "infer",
     "infer_dyads",
+    "infer_kept",
     "init_damping",
     "init_feedback",
     "kolen_pollack_feedback",
     "lipschitz_damping",
     "local_objective",
+    "mean_is_forward",
     "node_feedback",
     "pass_residuals",
     "plain_update",

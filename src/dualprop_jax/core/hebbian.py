@@ -43,7 +43,7 @@ def local_objective(net, params, dyads: Dyads, config) -> jax.Array:
     return J / (config.beta * batch)
 
 
-def hebbian_grad(net, params, dyads: Dyads, config):
+def hebbian_grad(net, params, dyads: Dyads, config, kept: dict | None = None):
     """∇_θ J of :func:`local_objective`: one vjp of all maps at s̄, with cotangents δ_j.
 
     Equal to ``jax.grad(local_objective)``, with the structure of ``params``; the factor
@@ -51,19 +51,31 @@ def hebbian_grad(net, params, dyads: Dyads, config):
     a pass over each activation. s̄ is computed once per node
     (:func:`~dualprop_jax.core.states.node_mean`), for a pooling map to read. The primals
     W_k(s̄_i) that the vjp evaluates are unused, and jit removes them.
+
+    ``kept`` ({k: c ↦ ∂_θ⟨c, W_k(θ, s̄_i)⟩}, from :func:`~dualprop_jax.core.inference.
+    infer_kept`): edges whose parameter vjp at s̄_i the forward pass already holds (s̄_i is
+    the forward state there); they are left out of the vjp here and take that one instead,
+    so a nonlinear map (attention, LayerNorm) is not evaluated a second time.
     """
     dtype = compute_dtype(config.dtype)
     bar, d = jax.lax.stop_gradient((s_bar(dyads, config.alpha), delta(dyads)))
     scale = -1.0 / (config.beta * d[0].shape[0])
+    kept = kept or {}
+    edges = [k for k in range(net.num_maps) if k not in kept]
 
     def maps(p):
         return tuple(
-            net.apply_map(k, net.layer_params(p, k), bar[net.source(k)], dtype)
-            for k in range(net.num_maps)
+            net.apply_map(k, net.layer_params(p, k), bar[net.source(k)], dtype) for k in edges
         )
 
     a, vjp = jax.vjp(maps, params)
-    (grads,) = vjp(tuple(d[net.target(k)].astype(a_k.dtype) for k, a_k in enumerate(a)))
+    cotangents = zip(edges, a, strict=True)
+    (grads,) = vjp(tuple(d[net.target(k)].astype(a_k.dtype) for k, a_k in cotangents))
+    if kept:
+        layers = dict(grads["layers"])
+        for k, param_vjp in kept.items():
+            layers[k] = param_vjp(jax.lax.stop_gradient(d[net.target(k)]))
+        grads = {**grads, "layers": layers}
     return jax.tree.map(lambda g: (scale * g).astype(g.dtype), grads)
 
 

@@ -31,6 +31,7 @@ from dualprop_jax.core import nodes
 from dualprop_jax.core.forward import forward
 from dualprop_jax.core.states import Dyads, check_batch, compute_dtype, node_mean, wide
 from dualprop_jax.losses import targets_as_array
+from dualprop_jax.models import ACTIVATIONS
 from dualprop_jax.models.net import as_compute
 
 
@@ -47,12 +48,33 @@ DEFAULT_PARTS = Parts()
 
 class Start(NamedTuple):
     """Dyads after the sweep (before extra passes), the forward prediction ŷ, the target array
-    t and βg(ŷ), the output nudge at ŷ."""
+    t and βg(ŷ), the output nudge at ŷ; ``kept``: the forward pass's parameter vjps of the
+    edges out of the nodes of :func:`mean_is_forward` (``{k: c ↦ ∂_θ⟨c, W_k(θ, s_i)⟩}``)."""
 
     dyads: Dyads
     y_hat: jax.Array
     t: jax.Array
     beta_g_hat: jax.Array
+    kept: dict | None = None
+
+
+def mean_is_forward(net, config, parts: Parts) -> tuple[int, ...]:
+    """The hidden nodes i whose s̄_i after the schedule is exactly their forward state s_i.
+
+    Under DP⊤, (c⁺, c⁻) = (1-α, α), a node with the identity activation and the plain update
+    has s⁺ = a + (1-α) fb and s⁻ = a - α fb, so s̄ = α s⁺ + (1-α) s⁻ = a for every α and
+    every feedback fb; after the default schedule (one sweep, no extra passes) a is the forward
+    input, so s̄_i = s_i. (Under DP, s̄ = a + (2α-1) fb: equal to a at α = ½ only.) The
+    residual stream nodes of a transformer are such nodes: the Hebbian gradient of their
+    out-edges (attention, LayerNorm) is then the forward pass's own parameter vjp, with no
+    second evaluation of the maps at s̄. Empty for any other rule or schedule."""
+    if (
+        config.variant != "dp_top" or not config.sweep or config.passes
+        or parts.update is not nodes.plain_update
+    ):  # fmt: skip
+        return ()
+    identity = ACTIVATIONS["identity"]
+    return tuple(i for i in range(1, net.output_node) if net.node_f(i) is identity)
 
 
 def _output(config, a_N, t, beta_g):
@@ -66,7 +88,13 @@ def start(net, params, x, y, config, parts: Parts = DEFAULT_PARTS) -> Start:
     ``config.sweep``), linearised at the forward activities."""
     check_batch(net, x, y)
     dtype = compute_dtype(config.dtype)
-    fw = forward(net, params, as_compute(x, dtype), dtype, keep_vjps=True)
+    reuse = [
+        k for i in mean_is_forward(net, config, parts) for k in net.out_edges(i)
+        if jax.tree.leaves(net.layer_params(params, k))
+    ]  # fmt: skip
+    fw = forward(
+        net, params, as_compute(x, dtype), dtype, keep_vjps=True, keep_param_vjps=bool(reuse)
+    )
     s, a, N = fw.states, fw.pre, net.output_node
     y_hat = a[N]
     t = targets_as_array(y_hat.astype(wide(dtype)), y)
@@ -79,7 +107,8 @@ def start(net, params, x, y, config, parts: Parts = DEFAULT_PARTS) -> Start:
             net, params, j, s[j], lambda i: sp[i] - sm[i], parts.feedback, dtype, fw.vjps
         )
         sp[j], sm[j] = nodes.solve_node(net.node_f(j), a[j], fb, c, parts.update, j, s[j])
-    return Start(Dyads(tuple(sp), tuple(sm)), y_hat, t, beta_g_hat)
+    kept = {k: fw.param_vjps[k] for k in reuse}
+    return Start(Dyads(tuple(sp), tuple(sm)), y_hat, t, beta_g_hat, kept)
 
 
 def resolve(net, params, j: int, sp: list, sm: list, t, beta_g_hat, config, parts: Parts):
@@ -122,6 +151,15 @@ def infer(
     """The dyads of every node after the whole schedule, ŷ and t (:func:`start`, then
     ``config.passes`` passes of :func:`pass_fn` in a ``lax.fori_loop`` unrolled by
     ``config.unroll_factor``)."""
+    return infer_kept(net, params, x, y, config, parts)[:3]
+
+
+def infer_kept(
+    net, params, x, y, config, parts: Parts = DEFAULT_PARTS
+) -> tuple[Dyads, jax.Array, jax.Array, dict]:
+    """:func:`infer`, and the forward pass's parameter vjps ``{k: c ↦ ∂_θ⟨c, W_k(θ, s̄_i)⟩}`` of
+    the edges whose source's s̄ is its forward state (:func:`mean_is_forward`), for
+    :func:`~dualprop_jax.core.hebbian.hebbian_grad` to reuse."""
     st = start(net, params, x, y, config, parts)
     carry = tuple(st.dyads)
     if config.passes:
@@ -129,7 +167,7 @@ def infer(
         carry = jax.lax.fori_loop(
             0, config.passes, lambda _, c: one_pass(c), carry, unroll=config.unroll_factor
         )
-    return Dyads(*carry), st.y_hat, st.t
+    return Dyads(*carry), st.y_hat, st.t, st.kept or {}
 
 
 def require_parts(config, feedback, lipschitz, who: str) -> None:

@@ -214,8 +214,8 @@ class DualProp(Rule):
             grads, aux = core.fast_grad(net, params, x, y, self)
             return grads, aux, state
         parts, state = self.parts(net, params, state)
-        dyads, y_hat, t = core.infer(net, params, x, y, self, parts)
-        grads = core.hebbian_grad(net, params, dyads, self)
+        dyads, y_hat, t, kept = core.infer_kept(net, params, x, y, self, parts)
+        grads = core.hebbian_grad(net, params, dyads, self, kept)
         if self.feedback == "kolen_pollack":
             grads = kp.feedback_grads(grads)
         return grads, Aux(batch_loss(self.loss, y_hat, t), y_hat), state
