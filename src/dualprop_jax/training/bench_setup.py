@@ -28,6 +28,8 @@ class ModelSpec:
     ``layouts`` are the conv layouts (:data:`dualprop_jax.models.LAYOUTS`) the builder takes
     as ``build(rngs, layout=...)``; empty for models without max-pooling. ``graph``: a
     residual/DAG network, on which the chain-only rules (:func:`chain_only`) get no row.
+    ``tokens``: the input is ``input_shape`` integer ids in 0..``num_classes``-1 and the labels
+    are ids at every position (a language model).
     """
 
     build: Callable[..., models.Network]
@@ -36,6 +38,7 @@ class ModelSpec:
     num_classes: int = 10
     layouts: tuple[str, ...] = ()
     graph: bool = False
+    tokens: bool = False
 
 
 def _vgg(build, description: str) -> ModelSpec:
@@ -95,9 +98,19 @@ MODELS |= {
         "128, mean-pooled head",
         graph=True,
     ),
+    "lm": ModelSpec(
+        lambda rngs: models.causal_lm(64, 256, rngs=rngs),
+        (64,),
+        "causal byte LM: 64 tokens, width 64, 2 pre-LN blocks of 4 causal heads, GELU MLP "
+        "256, next-byte logits at every position",
+        num_classes=256,
+        graph=True,
+        tokens=True,
+    ),
 }
 """The benchmark's models: every model of ``dualprop train --model``
-(:data:`dualprop_jax.training.config.MODELS`), at the input shape it is usually trained on."""
+(:data:`dualprop_jax.training.config.MODELS`), at the input shape it is usually trained on,
+and the byte-level language model (:func:`dualprop_jax.models.causal_lm`)."""
 
 
 def chain_only(label: str) -> bool:
@@ -146,8 +159,12 @@ def _init(spec: ModelSpec, config: TrainConfig, seed: int, *, augment: bool = Fa
 
 
 def random_batch(spec: ModelSpec, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """A fixed host batch: standard-normal inputs and uniform integer labels."""
+    """A fixed host batch: standard-normal inputs and uniform integer labels; for a language
+    model, uniform ids and labels at every position."""
     rng = np.random.default_rng(seed)
+    if spec.tokens:
+        ids = rng.integers(0, spec.num_classes, size=(size, spec.input_shape[0] + 1))
+        return ids[:, :-1].astype(np.int32), ids[:, 1:].astype(np.int32)
     x = rng.standard_normal((size, *spec.input_shape), dtype=np.float32)
     y = rng.integers(0, spec.num_classes, size=size).astype(np.int32)
     return x, y

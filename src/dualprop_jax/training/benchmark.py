@@ -63,7 +63,7 @@ ENERGY_STEPS = {"mlp": 5, "cnn": 3, "vgg11": 1, "vgg16": 1}
 
 DEFAULT_STEPS = {
     "mlp": 200, "cnn": 60, "vgg11": 20, "vgg16": 20, "resnet8": 30, "resnet20": 10,
-    "resnet18": 5, "vit": 60,
+    "resnet18": 5, "vit": 60, "lm": 30,
 }  # fmt: skip
 """Timed steps per rule and model, unless ``steps`` says otherwise."""
 MULTIPASS_STEPS = {"mlp": 30, "cnn": 10, "vgg11": 5, "vgg16": 5}
