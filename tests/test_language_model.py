@@ -160,3 +160,17 @@ def test_fortunes_from_debian_become_next_byte_windows():
     assert ds.x_val.size / total == pytest.approx(0.1, abs=0.05)
     assert ds.num_classes == 256 and ds.x_train.max() < 256
     assert text.bits_per_byte(64 * math.log(256), 64) == pytest.approx(8.0)
+
+
+def test_the_benchmark_batch_of_the_language_model_is_ids_and_next_ids():
+    """The bench row ``lm`` times a batch of byte ids (B, 64) with labels the next id at every
+    position: y[:, :-1] is x[:, 1:], all in 0..255, and the row's network reads them."""
+    from dualprop_jax.training.bench_setup import MODELS, random_batch
+
+    spec = MODELS["lm"]
+    x, y = random_batch(spec, 4, 0)
+    assert x.shape == y.shape == (4, 64) and x.dtype == y.dtype == np.int32
+    np.testing.assert_array_equal(y[:, :-1], x[:, 1:])
+    assert 0 <= x.min() and max(x.max(), y.max()) < 256
+    net, params = models.split(spec.build(nnx.Rngs(0)))
+    assert net.forward(params, jnp.asarray(x)).shape == (4, 64, 256)
