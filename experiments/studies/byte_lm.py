@@ -132,13 +132,11 @@ def run(s: Settings, out: pathlib.Path) -> dict:
         f"fortunes: {ds.x_train.size} / {ds.x_val.size} / {ds.x_test.size} train / validation / "
         f"test bytes in windows of {s.length}"
     )
-    cells = []
+    cells, settings = [], json.loads(json.dumps(dataclasses.asdict(s)))  # as stored
     for seed in s.seeds:
         for rule in s.rules:
             path = out / "partial" / f"{rule}-s{seed}.json"
-            if path.is_file() and json.loads(path.read_text())["settings"] == dataclasses.asdict(
-                s
-            ):
+            if path.is_file() and json.loads(path.read_text())["settings"] == settings:
                 common.progress(f"{rule} seed {seed}: finished before, read from {path}")
                 cells.append(json.loads(path.read_text())["cell"])
                 continue
