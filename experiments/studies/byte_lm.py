@@ -191,24 +191,34 @@ def table(results: dict) -> str:
 
 
 def figure(results: dict):
+    """Left: validation bits per byte against steps, each seed thin and the mean bold. Right:
+    each rule's curve minus BP's on the same seed (the curves overlap on the left)."""
     import matplotlib.pyplot as plt
     import numpy as np
 
     s = results["settings"]
-    fig, ax = plt.subplots(figsize=(6, 3.6))
+    fig, (ax, dax) = plt.subplots(1, 2, figsize=(11, 3.6))
+    by = {(c["rule"], c["seed"]): [p["bpb"] for p in c["curve"]] for c in results["cells"]}
+    x = [p["step"] for p in results["cells"][0]["curve"]]
     for i, rule in enumerate(s["rules"]):
-        curves = [c["curve"] for c in results["cells"] if c["rule"] == rule]
-        x = [p["step"] for p in curves[0]]
-        ys = np.array([[p["bpb"] for p in c] for c in curves])
+        ys = np.array([by[rule, k] for k in s["seeds"]])
         for y in ys:
             ax.plot(x, y, color=f"C{i}", alpha=0.3, lw=0.8)
         ax.plot(x, ys.mean(axis=0), color=f"C{i}", lw=2, label=f"{rule} (mean of {len(ys)})")
-    ax.set_xlabel("training step")
-    ax.set_ylabel("validation bits per byte")
+        if rule != "bp":
+            for k in s["seeds"]:
+                gap = np.array(by[rule, k]) - np.array(by["bp", k])
+                dax.plot(x, gap, color=f"C{i}", lw=1, label=f"{rule} − bp, seed {k}")
+    ax.set(xlabel="training step", ylabel="validation bits per byte")
     ax.set_title("byte-level causal transformer on fortunes")
     ax.set_ylim(top=min(8.5, ax.get_ylim()[1]))
-    ax.grid(alpha=0.3)
-    ax.legend()
+    dax.axhline(0.0, color="k", lw=0.8)
+    dax.set(xlabel="training step", ylabel="Δ validation bits per byte (paired)")
+    dax.set_title("each rule minus BP, same seed")
+    for a in (ax, dax):
+        a.grid(alpha=0.3)
+        a.legend(fontsize=8)
+    fig.tight_layout()
     return fig
 
 
