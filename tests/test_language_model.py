@@ -62,7 +62,7 @@ def test_bp_differentiates_the_positions_summed_and_the_batch_averaged():
 def test_labels_that_miss_the_outputs_positions_are_refused_by_name():
     net, params = _lm()
     x, y = _ids(4, 5, 11)
-    with pytest.raises(ValueError, match=r"labels of shape \(4, 5\)"):
+    with pytest.raises(ValueError, match=r"shape \(batch, \*positions\) = \(4, 5\)"):
         rules.backprop().grad(net, params, (), x, y[:, :3])
     bad = np.asarray(y).copy()
     bad[1, 3] = 300

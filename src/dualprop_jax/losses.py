@@ -22,18 +22,19 @@ def targets_as_array(y_hat: jax.Array, y: jax.Array) -> jax.Array:
     Raises ``ValueError`` when the targets do not fit the model output.
     """
     labels, num_out = tuple(y_hat.shape[:-1]), y_hat.shape[-1]
+    axes = "(batch,)" if len(labels) == 1 else "(batch, *positions)"
     if jnp.issubdtype(y.dtype, jnp.integer):
         if y.shape != labels:
             raise ValueError(
-                f"integer targets must be labels of shape {labels} (the output's shape without "
-                f"its class axis), got shape {y.shape}; pass class indices, or float targets "
-                f"of shape {y_hat.shape}."
+                f"integer targets must be labels of shape {axes} = {labels}, got shape "
+                f"{y.shape}; pass class indices, or float targets of shape {y_hat.shape}."
             )
         return jax.nn.one_hot(y, num_out, dtype=y_hat.dtype)
     if y.shape != y_hat.shape:
         raise ValueError(
             f"targets of shape {y.shape} do not fit the model output of shape {y_hat.shape}; "
-            f"pass integer labels of shape {labels} or float targets of shape {y_hat.shape}."
+            f"pass integer labels of shape {axes} = {labels} or float targets of shape "
+            f"{y_hat.shape}."
         )
     return y.astype(y_hat.dtype)
 

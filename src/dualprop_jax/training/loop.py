@@ -92,17 +92,16 @@ def train_epoch(
     The input ``state`` is donated when ``step`` donates.
     """
     feed = device_data.choose_feed(feed, dataset, mesh)
-    scored = batch_size * labels_per_example(dataset.y_train[:1])  # predictions per batch
     order = epoch_order(len(dataset.x_train), batch_size, seed, epoch)
     steps, first_step = len(order), (epoch - 1) * len(order)
+    scored = batch_size * labels_per_example(dataset.y_train[:1])  # predictions per batch
     every = diagnostics[1] if diagnostics is not None else 0
     if feed == "device":
         stops = device_data.chunk_stops(steps, log_every, first_step, every)
         done = _device_feed(step, state, dataset, order, stops, first_step, seed, mesh)
     else:
         done = _host_feed(step, state, dataset, order, first_step, seed, mesh)
-    records: list[dict] = []
-    t0 = t_first = time.perf_counter()
+    records, t0 = [], time.perf_counter()  # t_first: set at step 1, which every epoch has
     for n, state, loss_sum, correct_sum, last_batch in done:
         if n == 1:
             start_loss, t_first = _first_step(state, loss_sum, start_loss)
