@@ -174,3 +174,32 @@ def test_the_benchmark_batch_of_the_language_model_is_ids_and_next_ids():
     assert 0 <= x.min() and max(x.max(), y.max()) < 256
     net, params = models.split(spec.build(nnx.Rngs(0)))
     assert net.forward(params, jnp.asarray(x)).shape == (4, 64, 256)
+
+
+def test_the_cli_trains_the_language_model_on_fortunes(tmp_path, capsys):
+    """``dualprop train --dataset fortunes --model lm``. Oracle: the tested parameters, put back
+    into the module and applied here to the first 64 test windows, give the reported next-byte
+    accuracy and bits per position (numpy cross-entropy summed over positions / (64 ln 2)),
+    and the printed summary says the same bits."""
+    import json
+
+    from dualprop_jax import cli
+    from dualprop_jax.training import checkpoints
+
+    w = tmp_path / "lm"
+    args = ["train", "--dataset", "fortunes", "--model", "lm", "--rule", "dp_top", "--epochs",
+            "1", "--max-train", "128", "--max-eval", "64", "--batch-size", "32", "--workdir",
+            str(w)]  # fmt: skip
+    assert cli.main(args) == 0
+    results = json.loads((w / "results.json").read_text())
+    net, state, _ = checkpoints.load_checkpoint(w)
+    x, y = text.fortunes(64).split("test")
+    logits = np.asarray(models.merge(net, state["best_params"])(jnp.asarray(x[:64])), np.float64)
+    logp = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True))
+    logp -= logits.max(-1, keepdims=True)
+    ce = -np.take_along_axis(logp, y[:64, :, None], -1)[..., 0]
+    bits = ce.sum(-1).mean() / (64 * math.log(2))
+    assert results["num_train"] == 128 and results["num_test"] == 64
+    assert results["test_bits_per_position"] == pytest.approx(bits, rel=1e-5)
+    assert results["test_accuracy"] == pytest.approx(np.mean(logits.argmax(-1) == y[:64]))
+    assert f"{bits:.3f} bits per position" in capsys.readouterr().out

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from dualprop_jax.data import text
 from dualprop_jax.data.dataset import Dataset
 from dualprop_jax.data.idx import KNOWN_IDX, _load_idx
 from dualprop_jax.data.npz import _load_npz
@@ -30,6 +31,9 @@ def load_dataset(
     version (the folder with ``dataset_info.json``, e.g. ``~/tensorflow_datasets/cifar10/3.0.2``).
     TFDS data must be prepared already, in the ``array_record`` file format, and is read as
     numpy without TensorFlow; its held-out split is ``test``, else ``validation``.
+    ``"fortunes"`` is Debian's fortunes text as next-byte windows of 64 byte ids
+    (:func:`dualprop_jax.data.text.fortunes_subset`; ``data_dir``: where its files are, default
+    ``/usr/share/games/fortunes``): its validation and test splits are its own, by document.
 
     IDX files are searched in ``data_dir`` (and ``data_dir/<name>``; a missing ``data_dir`` is an
     error), ``$DUALPROP_DATA/<name>`` and ``$DUALPROP_DATA``, :data:`SYSTEM_DATA_DIRS`, then
@@ -57,6 +61,8 @@ def load_dataset(
         )
 
     idx_name = name.strip().lower().replace("-", "_")
+    if idx_name == "fortunes":  # text: split by document, windows of next-byte targets
+        return text.fortunes_subset(data_dir, max_train=max_train, seed=seed)
     if idx_name in KNOWN_IDX:
         raw, source = _load_idx(idx_name, data_dir=data_dir, download=download)
         display_name = idx_name

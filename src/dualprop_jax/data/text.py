@@ -18,6 +18,7 @@ validation when i ≡ 8, to training otherwise, so no fortune is cut across two 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import pathlib
@@ -115,6 +116,20 @@ def fortunes(length: int = 64, directory: str | os.PathLike = FORTUNES_DIR) -> D
     return text_dataset(docs, length, name="fortunes", source=str(directory))
 
 
+def fortunes_subset(
+    directory: str | os.PathLike | None = None, *, max_train: int | None = None, seed: int = 0,
+    length: int = 64,
+) -> Dataset:  # fmt: skip
+    """:func:`fortunes` as ``load_dataset("fortunes")`` gives it: ``max_train`` training windows
+    (a seeded random subset, in that random order; None: all). The validation and test splits
+    are the corpus's own (by document), whatever ``val_fraction`` says."""
+    ds = fortunes(length, FORTUNES_DIR if directory is None else directory)
+    if max_train is None or max_train >= len(ds.x_train):
+        return ds
+    keep = np.random.default_rng(seed).permutation(len(ds.x_train))[:max_train]
+    return dataclasses.replace(ds, x_train=ds.x_train[keep], y_train=ds.y_train[keep])
+
+
 def bits_per_byte(mean_loss_per_window: float, length: int) -> float:
     """Bits per byte from a mean loss per window (nats summed over its ``length`` positions,
     the library's per-example loss for (N, T) labels): loss / (T ln 2)."""
@@ -128,6 +143,7 @@ __all__ = [
     "byte_stream",
     "fortune_documents",
     "fortunes",
+    "fortunes_subset",
     "split_documents",
     "text_dataset",
     "windows",

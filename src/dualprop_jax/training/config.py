@@ -14,10 +14,11 @@ from typing import Any
 
 from dualprop_jax import models, rules
 
-MODELS = ("mlp", "cnn", "vgg11", "vgg16", "resnet8", "resnet20", "resnet18", "vit")
-"""Chains (MLP, CNN, VGG), residual networks (graphs; :func:`dualprop_jax.models.resnet`) and a
-small vision transformer (a graph; :func:`dualprop_jax.models.vit`)."""
-GRAPH_MODELS = ("resnet8", "resnet20", "resnet18", "vit")
+MODELS = ("mlp", "cnn", "vgg11", "vgg16", "resnet8", "resnet20", "resnet18", "vit", "lm")
+"""Chains (MLP, CNN, VGG), residual networks (graphs; :func:`dualprop_jax.models.resnet`), a
+small vision transformer (a graph; :func:`dualprop_jax.models.vit`) and a causal language model
+of token ids (a graph; :func:`dualprop_jax.models.causal_lm`, for ``dataset="fortunes"``)."""
+GRAPH_MODELS = ("resnet8", "resnet20", "resnet18", "vit", "lm")
 """The models that are graphs, on which chain-only rules are refused."""
 OPTIMIZERS = ("adam", "sgd")
 LR_SCHEDULES = ("constant", "cosine")

@@ -121,4 +121,6 @@ def summary(results: dict) -> str:
     timing = f"{results['train_time_s']:.1f} s training" + (
         f", {speed:.1f} steps/s" if speed else ""
     )
-    return f"test accuracy: {_pct(results['test_accuracy'])}  ({tested}; {timing})"
+    bits = results.get("test_bits_per_position")
+    per_position = f", {bits:.3f} bits per position" if bits is not None else ""
+    return f"test accuracy: {_pct(results['test_accuracy'])}{per_position}  ({tested}; {timing})"

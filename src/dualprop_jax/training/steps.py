@@ -348,6 +348,13 @@ def build_model(
     """The network named by ``config.model`` for inputs of ``input_shape`` (one example);
     ``config.activation`` applies to the chains and ResNets (the ViT's MLPs use GELU)."""
     input_shape = tuple(input_shape)
+    if config.model == "lm":  # token ids in, next-token logits at every position out
+        if len(input_shape) != 1:
+            raise ValueError(
+                f"model 'lm' reads sequences of token ids; the data has per-example shape "
+                f"{input_shape}. Use --dataset fortunes (or windows of ids of your own)."
+            )
+        return models.causal_lm(input_shape[0], num_classes, rngs=rngs)
     if config.model == "mlp":
         d_in = int(np.prod(input_shape))
         return models.mlp(

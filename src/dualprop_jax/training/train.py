@@ -31,6 +31,7 @@ from dualprop_jax import models, rules
 from dualprop_jax.data import device as device_data
 from dualprop_jax.data.pipeline import check_batch_size
 from dualprop_jax.errors import DivergenceError, TrainingError, TrainingInterrupted
+from dualprop_jax.losses import labels_per_example
 from dualprop_jax.rules import DualProp
 from dualprop_jax.training import checkpoints
 from dualprop_jax.training import parallel as par
@@ -362,6 +363,10 @@ def _record_epoch(meta: dict, epoch: int, result: EpochResult, val: dict, has_va
 
 
 def _results(config: TrainConfig, meta: dict, test: dict, ds: data_lib.Dataset, run: Run) -> dict:
+    positions = labels_per_example(ds.y_test[:1]) if len(ds.y_test) else 1
+    per_position = {}
+    if positions > 1:  # sequences: the loss is summed over positions; bits per position too
+        per_position = {"test_bits_per_position": test["loss"] / (positions * math.log(2))}
     return {
         "rule": config.rule.to_dict(),
         "dataset": config.dataset,
@@ -376,6 +381,7 @@ def _results(config: TrainConfig, meta: dict, test: dict, ds: data_lib.Dataset, 
         "rule_metrics_start": meta.get("rule_metrics_start", {}),
         "test_accuracy": test["accuracy"],
         "test_loss": test["loss"],
+        **per_position,
         "train_time_s": meta["train_time_s"],
         "steps_per_s": (meta["timed_steps"] / meta["timed_s"]) if meta["timed_s"] else None,
         "jax_version": jax.__version__,
