@@ -68,6 +68,10 @@ def test_labels_that_miss_the_outputs_positions_are_refused_by_name():
     bad[1, 3] = 300
     with pytest.raises(ValueError, match=r"300 at index \(1, 3\)"):
         steps.check_labels(bad, 11)
+    rule, optimizer = rules.backprop(), optax.sgd(0.1)
+    step = steps.make_train_step(net, rule, optimizer)
+    with pytest.raises(ValueError, match=r"300 at index \(1, 3\)"):
+        step(steps.TrainState.create(net, params, rule, optimizer), np.asarray(x), bad)
     assert labels_per_example(y) == 5 and labels_per_example(jnp.zeros((4, 5, 11))) == 5
     assert labels_per_example(jnp.zeros(4, jnp.int32)) == 1
 
@@ -121,8 +125,9 @@ def test_windows_cover_each_byte_once_as_a_target():
     np.testing.assert_array_equal(y.reshape(-1), stream[1 : n * 4 + 1])
     np.testing.assert_array_equal(x.reshape(-1), stream[: n * 4])
     np.testing.assert_array_equal(x[1:, 0], y[:-1, -1])
+    assert text.windows(stream[:4], 4)[0].shape == (0, 4)  # too short for a window: none
     with pytest.raises(DataError, match="shorter length"):
-        text.windows(stream[:4], 4)
+        text.text_dataset([bytes(3)] * 10, 100)
 
 
 def test_documents_are_read_split_and_joined_as_the_files_hold_them(tmp_path):
@@ -140,6 +145,12 @@ def test_documents_are_read_split_and_joined_as_the_files_hold_them(tmp_path):
     assert text.byte_stream([b"ab", b"c"]).tobytes() == b"ab\n%\nc"
     with pytest.raises(DataError, match="apt-get install fortunes"):
         text.fortune_documents(tmp_path / "missing")
+    # load_dataset's route: data_dir first (a folder with .dat indices), then Debian's folder
+    (tmp_path / "a").write_bytes(b"\n%\n".join(bytes([65 + i % 26]) * 40 for i in range(30)))
+    mine = text.fortunes_subset(tmp_path, length=8)
+    corpus = set(text.byte_stream(text.fortune_documents(tmp_path)).tolist())
+    assert mine.x_train.size < 2000 and set(np.unique(mine.x_train).tolist()) <= corpus
+    assert len(text.fortunes_subset(tmp_path / "elsewhere", max_train=5).x_train) == 5
 
 
 def test_fortunes_from_debian_become_next_byte_windows():

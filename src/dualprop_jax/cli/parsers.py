@@ -34,7 +34,7 @@ FLAGS: dict[str, tuple[str, dict]] = {
         "dataset",
         dict(
             help="fashion_mnist, mnist, a TFDS name (cifar10, ...), the folder of a prepared "
-            "TFDS dataset, a path to an .npz file, or fortunes (Debian's text, for --model lm)"
+            "TFDS dataset, a path to an .npz file, or fortunes (Debian's text, for the lm model)"
         ),
     ),
     "--data-dir": ("data_dir", dict(help="where to look first for dataset files")),

@@ -59,7 +59,8 @@ class Start(NamedTuple):
 
 
 def mean_is_forward(net, config, parts: Parts) -> tuple[int, ...]:
-    """The hidden nodes i whose s̄_i after the schedule is exactly their forward state s_i.
+    """The hidden nodes i whose s̄_i after the schedule is their forward state s_i (exactly in
+    exact arithmetic; the computed mix differs from s_i by float rounding).
 
     Under DP⊤, (c⁺, c⁻) = (1-α, α), a node with the identity activation and the plain update
     has s⁺ = a + (1-α) fb and s⁻ = a - α fb, so s̄ = α s⁺ + (1-α) s⁻ = a for every α and

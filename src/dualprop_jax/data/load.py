@@ -62,7 +62,7 @@ def load_dataset(
 
     idx_name = name.strip().lower().replace("-", "_")
     if idx_name == "fortunes":  # text: split by document, windows of next-byte targets
-        return text.fortunes_subset(data_dir, max_train=max_train, seed=seed)
+        return text.fortunes_subset(data_dir, max_train=max_train, seed=seed)  # first data_dir
     if idx_name in KNOWN_IDX:
         raw, source = _load_idx(idx_name, data_dir=data_dir, download=download)
         display_name = idx_name

@@ -8,9 +8,9 @@ only ``%``. Any other text works through :func:`text_dataset` with your own docu
 The task is next-byte prediction. The bytes of a split form one stream (documents joined by
 ``\\n%\\n``, as the files hold them); the stream is cut into windows of ``length + 1``
 bytes that start every ``length`` bytes (consecutive windows share one byte), so every byte
-but the stream's first is a target exactly once: x = w[:-1], y = w[1:], both int32 of shape
-(N, ``length``). A model's mean cross-entropy per predicted byte in nats, over ln 2, is its
-**bits per byte**.
+but the stream's first (and a tail too short for a window) is a target exactly once:
+x = w[:-1], y = w[1:], both int32 of shape (N, ``length``). A model's mean cross-entropy per
+predicted byte in nats, over ln 2, is its **bits per byte**.
 
 Documents, not bytes, are split: document i goes to the test split when i ≡ 9 (mod 10), to
 validation when i ≡ 8, to training otherwise, so no fortune is cut across two splits.
@@ -82,15 +82,12 @@ def byte_stream(docs: Sequence[bytes]) -> np.ndarray:
 def windows(stream: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray]:
     """``(x, y)`` int32 of shape (N, ``length``): x = stream[k·L : k·L + L], y the same shifted
     by one byte, for k = 0 .. N-1 with N = ⌊(len - 1) / L⌋ (the tail that fills no window is
-    dropped)."""
+    dropped; a stream shorter than L + 1 bytes gives N = 0)."""
     if length < 1:
         raise ValueError(f"length={length} must be at least 1.")
-    n = (len(stream) - 1) // length
-    if n < 1:
-        raise DataError(
-            f"a stream of {len(stream)} bytes holds no window of {length} + 1 bytes; use a "
-            "shorter length or more text."
-        )
+    n = max((len(stream) - 1) // length, 0)
+    if n == 0:
+        return np.zeros((0, length), np.int32), np.zeros((0, length), np.int32)
     s = np.asarray(stream[: n * length + 1], np.int32)
     return s[:-1].reshape(n, length), s[1:].reshape(n, length)
 
@@ -103,6 +100,11 @@ def text_dataset(
     ``length``. x and y are int32 byte ids (N, ``length``); ``num_classes`` is 256."""
     splits = [windows(byte_stream(part), length) for part in split_documents(docs, every)]
     (x_tr, y_tr), (x_va, y_va), (x_te, y_te) = splits
+    if len(x_tr) == 0:
+        raise DataError(
+            f"the training documents hold no window of {length} + 1 bytes; use a shorter "
+            "length or more text."
+        )
     return Dataset(
         name=name, x_train=x_tr, y_train=y_tr, x_val=x_va, y_val=y_va, x_test=x_te, y_test=y_te,
         num_classes=256, augment=False, source=source,
@@ -121,9 +123,13 @@ def fortunes_subset(
     length: int = 64,
 ) -> Dataset:  # fmt: skip
     """:func:`fortunes` as ``load_dataset("fortunes")`` gives it: ``max_train`` training windows
-    (a seeded random subset, in that random order; None: all). The validation and test splits
-    are the corpus's own (by document), whatever ``val_fraction`` says."""
-    ds = fortunes(length, FORTUNES_DIR if directory is None else directory)
+    (a seeded random subset, in that random order; None: all). The files are looked for in
+    ``directory/fortunes`` and ``directory`` (a folder holding fortune files and their ``.dat``
+    indices), then in :data:`FORTUNES_DIR`. The validation and test splits are the corpus's
+    own (by document), whatever ``val_fraction`` says."""
+    tried = [] if directory is None else [pathlib.Path(directory) / "fortunes", directory]
+    found = [pathlib.Path(d) for d in tried if any(pathlib.Path(d).glob("*.dat"))]
+    ds = fortunes(length, found[0] if found else FORTUNES_DIR)
     if max_train is None or max_train >= len(ds.x_train):
         return ds
     keep = np.random.default_rng(seed).permutation(len(ds.x_train))[:max_train]

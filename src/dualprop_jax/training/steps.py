@@ -145,7 +145,7 @@ class TrainStep:
                 return
         elif not isinstance(y, np.ndarray):
             return
-        if not np.issubdtype(y.dtype, np.integer) or y.ndim != 1:
+        if not np.issubdtype(y.dtype, np.integer) or y.ndim < 1:
             return
         if self._outputs is None:
             self._outputs = num_outputs(self.net, state.params, x)

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from dualprop_jax.losses import num_correct
+from dualprop_jax.losses import labels_per_example, num_correct
 from dualprop_jax.models import LayeredNet
 from dualprop_jax.rules import Rule
 from dualprop_jax.training.steps import TrainState, train_step
@@ -123,7 +123,8 @@ def train_epoch(
 
 @functools.partial(jax.jit, static_argnames=("net", "batch_size"))
 def accuracy(net: LayeredNet, grid: Rule, params, x, y, batch_size: int = 1000) -> jax.Array:
-    """Fraction of ``x`` that each cell classifies correctly (``rule.predict``), shape (M,).
+    """Fraction of ``x`` that each cell classifies correctly (``rule.predict``), shape (M,)
+    (of every position, for sequence labels (N, T)).
 
     ``len(x)`` must be a multiple of ``batch_size`` (the test sets here: 10 000 images).
     """
@@ -133,7 +134,7 @@ def accuracy(net: LayeredNet, grid: Rule, params, x, y, batch_size: int = 1000) 
             f"accuracy needs len(x) = {n} to be a multiple of batch_size={batch_size}."
         )
     xb = x.reshape(n // batch_size, batch_size, *x.shape[1:])
-    yb = y.reshape(n // batch_size, batch_size)
+    yb = y.reshape(n // batch_size, batch_size, *y.shape[1:])
     def correct(rule, p, xs, ys):
         return num_correct(rule.predict(net, p, xs), ys)
 
@@ -144,7 +145,7 @@ def accuracy(net: LayeredNet, grid: Rule, params, x, y, batch_size: int = 1000) 
 
     m = jax.tree.leaves(params)[0].shape[0]
     total, _ = jax.lax.scan(body, jnp.zeros((m,), jnp.int32), (xb, yb))
-    return total / n
+    return total / (n * labels_per_example(y))
 
 
 def first_nonfinite(losses: np.ndarray) -> np.ndarray:

@@ -365,7 +365,7 @@ def _record_epoch(meta: dict, epoch: int, result: EpochResult, val: dict, has_va
 def _results(config: TrainConfig, meta: dict, test: dict, ds: data_lib.Dataset, run: Run) -> dict:
     positions = labels_per_example(ds.y_test[:1]) if len(ds.y_test) else 1
     per_position = {}
-    if positions > 1:  # sequences: the loss is summed over positions; bits per position too
+    if positions > 1 and config.rule.loss == "softmax_ce":  # sequences: bits per position
         per_position = {"test_bits_per_position": test["loss"] / (positions * math.log(2))}
     return {
         "rule": config.rule.to_dict(),
