@@ -44,6 +44,8 @@ CASES = {  # name: (model, rule)
     "mlp_dp_kp": ("mlp", "dp+kp"),
     "mlp_ep": ("mlp", "ep"),
     "mlp_chl": ("mlp", "chl"),
+    "mlp_pc": ("mlp", "pc"),
+    "mlp_pc_fixed": ("mlp", "pc+fixed"),
 }
 STEPS = 3
 GLOBAL_BATCH = 16

@@ -27,7 +27,7 @@ def _ints(text: str) -> tuple[int, ...]:
 
 _DEFAULTS = TrainConfig()
 _DEFAULT_RULE = rules.dual_prop()
-_EP, _CHL = rules.equilibrium_prop(), rules.chl()
+_EP, _CHL, _PC = rules.equilibrium_prop(), rules.chl(), rules.predictive_coding()
 
 FLAGS: dict[str, tuple[str, dict]] = {
     "--dataset": (
@@ -144,6 +144,25 @@ RULE_FLAGS: dict[str, tuple[str, dict]] = {
         "clamped_steps",
         dict(type=int, help=f"steps of the clamped phase (chl) (default: {_CHL.clamped_steps})"),
     ),
+    "--inference-steps": (
+        "inference_steps",
+        dict(
+            type=int,
+            help=f"T, inference steps of predictive coding (pc) (default: {_PC.inference_steps})",
+        ),
+    ),
+    "--step-size": (
+        "step_size",
+        dict(type=float, help=f"γ, its inference step size (pc) (default: {_PC.step_size})"),
+    ),
+    "--fixed-prediction": (
+        "fixed_prediction",
+        dict(
+            action="store_const",
+            const=True,
+            help="predictive coding with the feedforward predictions held (pc) (default: -)",
+        ),
+    ),
     "--nudging": (
         "nudging",
         dict(choices=rules.NUDGINGS, help=f"EP's nudged phases: ±β or +β (default: {_EP.nudging})"),
@@ -236,7 +255,8 @@ def _rule_arguments(rule) -> None:
         dest="rule_name",
         choices=rules.NAMES,
         help="dp, dp_top: dual propagation; bp: back-propagation; ep: equilibrium "
-        "propagation; chl: contrastive Hebbian learning (default: dp_top)",
+        "propagation; chl: contrastive Hebbian learning; pc: predictive coding (default: "
+        "dp_top)",
     )
     for flag, (setting, kwargs) in RULE_FLAGS.items():
         if "(default: -)" in kwargs["help"]:

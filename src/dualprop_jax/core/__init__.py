@@ -11,9 +11,10 @@
 - :mod:`~.feedback`: Kolen–Pollack feedback weights;
 - :mod:`~.diagnostics`: alignment, pass residuals, spectral norms, KP angles;
 - :mod:`~.energy`: the energy, relaxation and gradient estimates of EP and CHL.
+- :mod:`~.predictive`: predictive coding's energy, relaxation and weight update.
 """
 
-from dualprop_jax.core import energy
+from dualprop_jax.core import energy, predictive
 from dualprop_jax.core.backprop import bp_grad
 from dualprop_jax.core.damping import DampingState, init_damping, lipschitz_damping
 from dualprop_jax.core.diagnostics import (
@@ -67,6 +68,7 @@ __all__ = [
     "node_feedback",
     "pass_residuals",
     "plain_update",
+    "predictive",
     "s_bar",
     "solve_node",
     "spectral_norm",

@@ -8,6 +8,7 @@
 - :mod:`~.dual_prop`: DP, DP⊤ and their variants (damped, Kolen–Pollack, exact output, fast);
 - :mod:`~.backprop`: back-propagation;
 - :mod:`~.energy_based`: equilibrium propagation and contrastive Hebbian learning;
+- :mod:`~.predictive`: predictive coding (inference learning) and its fixed-prediction form;
 - :mod:`~.labels`: table labels (``"dp_top+damped"``) and the rule names.
 """
 
@@ -46,6 +47,7 @@ from dualprop_jax.rules.energy_based import (
     equilibrium_prop,
 )
 from dualprop_jax.rules.labels import LABEL_EXTRAS, NAMES, from_label
+from dualprop_jax.rules.predictive import PredictiveCoding, predictive_coding
 
 __all__ = [
     "AUTO_UNROLL_FACTOR",
@@ -67,6 +69,7 @@ __all__ = [
     "ContrastiveHebbian",
     "DualProp",
     "EquilibriumProp",
+    "PredictiveCoding",
     "Rule",
     "backprop",
     "check_rule",
@@ -79,5 +82,6 @@ __all__ = [
     "from_label",
     "kolen_pollack",
     "leaf",
+    "predictive_coding",
     "ruleclass",
 ]

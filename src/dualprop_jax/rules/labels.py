@@ -17,6 +17,7 @@ LABEL_EXTRAS: dict[str, dict[str, Any]] = {
     "exact": dict(output="exact", loss="squared_error"),
     "one_sided": dict(nudging="one_sided"),
     "odd_even": dict(order="odd_even"),
+    "fixed": dict(fixed_prediction=True),
 }
 """What each ``+tag`` of a rule label sets: ``"dp_top+damped"``, ``"dp+kp"``, ``"ep+one_sided"``."""
 
