@@ -97,6 +97,30 @@ def _jit(*static: str):
     return functools.partial(jax.jit, static_argnames=("net", *static))
 
 
+def fan_in_uniform(net: LayeredNet, params, key: jax.Array):
+    """``params`` with every map's kernel and bias drawn from U(−1/√fan_in, 1/√fan_in), fan_in
+    the kernel's inputs per output (a dense map's in-features, a conv's kh·kw·c_in): PyTorch's
+    default for ``Linear`` and ``Conv2d``, on which the EP literature's code is built
+    (Laborieux et al. 2021). Other leaves are kept."""
+    del net
+    layers = dict(params["layers"])
+    for k, layer in sorted(layers.items()):
+        if not isinstance(layer, dict) or "kernel" not in layer:
+            continue
+        fan_in = 1
+        for d in layer["kernel"].shape[:-1]:
+            fan_in *= int(d)
+        bound = 1.0 / max(fan_in, 1) ** 0.5
+        new = dict(layer)
+        for name in ("kernel", "bias"):
+            if name in layer:
+                key, sub = jax.random.split(key)
+                leaf = layer[name]
+                new[name] = jax.random.uniform(sub, leaf.shape, leaf.dtype, -bound, bound)
+        layers[k] = new
+    return {**params, "layers": layers}
+
+
 def setup_problems(net: LayeredNet, params, phase_steps: int) -> list[str]:
     """What makes a relaxation setup train no better than chance, each with its fix:
 

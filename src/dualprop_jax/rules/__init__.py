@@ -37,6 +37,7 @@ from dualprop_jax.rules.dual_prop import (
     kolen_pollack,
 )
 from dualprop_jax.rules.energy_based import (
+    INITS,
     NUDGINGS,
     ORDERS,
     SIGMAS,
@@ -54,6 +55,7 @@ __all__ = [
     "AUTO_UNROLL_PASSES",
     "DTYPES",
     "FEEDBACKS",
+    "INITS",
     "LABEL_EXTRAS",
     "LOSSES",
     "NAMES",
