@@ -54,7 +54,7 @@ class Relaxation(Rule):
         every kernel and bias from U(±1/√fan_in) (:func:`~dualprop_jax.core.energy.fan_in_uniform`);
         ``"model"`` keeps the model's. With the CNN's He initialisation 87% of the clipped
         states sit at 0 or 1 and the free phase has not settled after 100 steps (residual
-        0.31); with U(±1/√fan_in), 44% and a residual of 4e-6.
+        0.31); with U(±1/√fan_in), 46% and 2e-6 (`experiments/relaxation_check.py`).
     """
 
     on_graphs: ClassVar[bool] = False  # a layered Hopfield energy
