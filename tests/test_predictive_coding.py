@@ -4,8 +4,8 @@ energy, and the rule's contract.
 Oracles: BP's gradient of the batch-mean loss (float64), which predictive coding under the
 fixed-prediction assumption reaches exactly at step size 1 after as many steps as the longest
 path to the output (Millidge, Tschantz & Buckley 2022; Song et al. 2020); gradient descent on
-the energy, which cannot raise it at a step size below 2 / curvature; the minimiser of the
-energy of a linear net, written out as a linear solve.
+the energy, which cannot raise it at a step size below 2/L (L: a Lipschitz constant of
+∂F/∂v); the minimiser of the energy of a linear net, written out as a linear solve.
 """
 
 from __future__ import annotations

@@ -33,8 +33,8 @@ class PredictiveCoding(Rule):
 
     Attributes:
       inference_steps: T, relaxation steps per gradient (default 20).
-      step_size: γ of v ← v − γ ∂F/∂v (a traced leaf; default 0.1). The energy falls at every
-        step when γ is below 2 over the largest curvature of F in v.
+      step_size: γ of v ← v − γ ∂F/∂v (a traced leaf; default 0.1). The energy cannot rise
+        at a step when γ < 2/L, L a Lipschitz constant of ∂F/∂v (the descent lemma).
       fixed_prediction: relax the errors with the feedforward predictions held (default False).
       loss: ``"softmax_ce"`` (default) or ``"squared_error"`` (exactly a clamped output node).
       dtype: compute dtype of the layer maps.
