@@ -4,6 +4,9 @@ in the unpooled layout. Oracle: the conditions themselves, counted from the mode
 
 import warnings
 
+import jax
+import jax.numpy as jnp
+import numpy as np
 import pytest
 from flax import nnx
 
@@ -49,9 +52,6 @@ def test_ep_draws_the_fan_in_uniform_weights_and_model_keeps_the_models():
     """U(±1/√fan_in) per map (fan_in: a dense map's inputs, a conv's kh·kw·c_in): every kernel
     and bias inside the bound, the kernels' std within 10% of bound/√3; ``weight_init="model"``
     returns the model's own parameters."""
-    import jax
-    import numpy as np
-
     net, params = dp.split(dp.cnn((28, 28, 1), channels=(8, 16), dense=(32,), layout="pooled",
                                   rngs=nnx.Rngs(0)))  # fmt: skip
     key = jax.random.key(3)
@@ -70,9 +70,6 @@ def test_the_cnns_free_phase_settles_from_the_fan_in_uniform_weights():
     """The diagnosis of EP's CNN at chance, on 20 Fashion-MNIST images: from the model's He
     weights the synchronous free phase still moves after 100 steps (residual > 0.1, measured
     0.28); from U(±1/√fan_in) it has nearly settled (measured 4e-3, under a 20th of it)."""
-    import jax.numpy as jnp
-    import numpy as np
-
     from dualprop_jax.core import energy
 
     ds = dp.load_dataset("fashion_mnist", max_train=100)
@@ -81,14 +78,8 @@ def test_the_cnns_free_phase_settles_from_the_fan_in_uniform_weights():
                                   rngs=nnx.Rngs(0)))  # fmt: skip
     rule = rules.equilibrium_prop()
     residual = {}
-    for name, p in (("he", params), ("uniform", rule.init_params(net, params, jax_key()))):
+    for name, p in (("he", params), ("uniform", rule.init_params(net, params, jax.random.key(1)))):
         s = energy.relax(net, p, x, energy.start_states(net, p, x, rule), rule, 100)
         nxt = energy.relax(net, p, x, s, rule, 1)
         residual[name] = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(s, nxt, strict=True))
     assert residual["he"] > 0.1 and residual["uniform"] < residual["he"] / 20, residual
-
-
-def jax_key():
-    import jax
-
-    return jax.random.key(1)
