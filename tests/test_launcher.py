@@ -217,3 +217,13 @@ def test_the_command_child_reports_a_gloo_error_as_a_lost_peer(tmp_path, capsys,
     assert err == f"{launcher.LOST_MARKER}UNKNOWN: Gloo all-reduce failed: [pair.cc:538] " + (
         "Connection reset by peer\n"
     )
+
+
+def test_interleaved_gloo_lines_are_recognised_in_pieces():
+    """gloo's threads write with std::cout, so two connection lines can interleave (seen in a
+    killed-process run): both fragments are gloo's, and a training line is not."""
+    first = "[Gloo] Rank [Gloo] Rank 1 is connected to 3 peer ranks. Expected number of co"
+    second = "0 is connected to 3 peer ranks. Expected number of connected peer ranks is : 3"
+    for line in (GLOO_LINE, first, second):
+        assert launcher._GLOO_CONNECTED.search(line), line
+    assert not launcher._GLOO_CONNECTED.search("epoch   1  train loss 0.98 acc 64.93%")

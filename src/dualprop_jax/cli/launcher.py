@@ -66,7 +66,9 @@ LOST_MARKER = "dualprop: lost contact: "
 PARENT_GONE_EXIT_CODE = 1
 """Exit status of a child whose parent died (nobody reads it; its peers see it leave)."""
 
-_GLOO_CONNECTED = re.compile(r"\[Gloo\] Rank \d+ is connected to \d+ peer ranks")
+# gloo's threads print with std::cout, so two of its lines can interleave into fragments
+# ("[Gloo] Rank [Gloo] Rank 1 is connected ...", then "0 is connected ..."): match either piece
+_GLOO_CONNECTED = re.compile(r"\[Gloo\] Rank |\d+ is connected to \d+ peer ranks")
 _STACK_TRACE = "*** Check failure stack trace: ***"
 _STACK_FRAME = re.compile(r"\s+@\s")
 
@@ -241,7 +243,7 @@ class _Relay:
 
     def _keep(self, line: str, name: str) -> bool:
         if name == "stdout":
-            return self.keep_all or not _GLOO_CONNECTED.match(line)
+            return self.keep_all or not _GLOO_CONNECTED.search(line)
         if line.startswith(LOST_MARKER):
             self.detail = line[len(LOST_MARKER) :].strip()
             return False
