@@ -46,6 +46,7 @@ CASES = {  # name: (model, rule)
     "mlp_chl": ("mlp", "chl"),
     "mlp_pc": ("mlp", "pc"),
     "mlp_pc_fixed": ("mlp", "pc+fixed"),
+    "mlp_ep_pcn": ("mlp", "ep_pcn"),
 }
 STEPS = 3
 GLOBAL_BATCH = 16

@@ -28,6 +28,7 @@ def _ints(text: str) -> tuple[int, ...]:
 _DEFAULTS = TrainConfig()
 _DEFAULT_RULE = rules.dual_prop()
 _EP, _CHL, _PC = rules.equilibrium_prop(), rules.chl(), rules.predictive_coding()
+_EP_PCN = rules.ep_pcn()
 
 FLAGS: dict[str, tuple[str, dict]] = {
     "--dataset": (
@@ -95,7 +96,7 @@ RULE_FLAGS: dict[str, tuple[str, dict]] = {
         dict(
             type=float,
             help=f"nudging strength β > 0 (dp, dp_top: {_DEFAULT_RULE.beta:g}; ep: "
-            f"{_EP.beta:g}) (default: -)",
+            f"{_EP.beta:g}; ep_pcn: {_EP_PCN.beta:g}) (default: -)",
         ),
     ),
     "--passes": ("passes", dict(type=int, help="extra inference passes (dp, dp_top; 0: one)")),
@@ -138,7 +139,11 @@ RULE_FLAGS: dict[str, tuple[str, dict]] = {
     ),
     "--nudged-steps": (
         "nudged_steps",
-        dict(type=int, help=f"K, steps of each nudged phase (ep) (default: {_EP.nudged_steps})"),
+        dict(
+            type=int,
+            help=f"K, steps of each nudged phase (ep: {_EP.nudged_steps}; ep_pcn: the number "
+            "of layers) (default: -)",
+        ),
     ),
     "--clamped-steps": (
         "clamped_steps",
@@ -161,6 +166,13 @@ RULE_FLAGS: dict[str, tuple[str, dict]] = {
             action="store_const",
             const=True,
             help="predictive coding with the feedforward predictions held (pc) (default: -)",
+        ),
+    ),
+    "--scheme": (
+        "scheme",
+        dict(
+            choices=rules.SCHEMES,
+            help=f"order of ep_pcn's nudged iterations (default: {_EP_PCN.scheme})",
         ),
     ),
     "--nudging": (
@@ -255,8 +267,8 @@ def _rule_arguments(rule) -> None:
         dest="rule_name",
         choices=rules.NAMES,
         help="dp, dp_top: dual propagation; bp: back-propagation; ep: equilibrium "
-        "propagation; chl: contrastive Hebbian learning; pc: predictive coding (default: "
-        "dp_top)",
+        "propagation; chl: contrastive Hebbian learning; pc: predictive coding; ep_pcn: EP on "
+        "the predictive-coding energy (default: dp_top)",
     )
     for flag, (setting, kwargs) in RULE_FLAGS.items():
         if "(default: -)" in kwargs["help"]:

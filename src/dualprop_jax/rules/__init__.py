@@ -8,7 +8,8 @@
 - :mod:`~.dual_prop`: DP, DP⊤ and their variants (damped, Kolen–Pollack, exact output, fast);
 - :mod:`~.backprop`: back-propagation;
 - :mod:`~.energy_based`: equilibrium propagation and contrastive Hebbian learning;
-- :mod:`~.predictive`: predictive coding (inference learning) and its fixed-prediction form;
+- :mod:`~.predictive`: predictive coding (inference learning), its fixed-prediction form, and
+  equilibrium propagation on the predictive-coding energy;
 - :mod:`~.labels`: table labels (``"dp_top+damped"``) and the rule names.
 """
 
@@ -48,7 +49,13 @@ from dualprop_jax.rules.energy_based import (
     equilibrium_prop,
 )
 from dualprop_jax.rules.labels import LABEL_EXTRAS, NAMES, from_label
-from dualprop_jax.rules.predictive import PredictiveCoding, predictive_coding
+from dualprop_jax.rules.predictive import (
+    SCHEMES,
+    PCNEquilibriumProp,
+    PredictiveCoding,
+    ep_pcn,
+    predictive_coding,
+)
 
 __all__ = [
     "AUTO_UNROLL_FACTOR",
@@ -64,6 +71,7 @@ __all__ = [
     "OUTPUTS",
     "RULES",
     "SCHEDULES",
+    "SCHEMES",
     "SIGMAS",
     "STARTS",
     "VARIANTS",
@@ -71,6 +79,7 @@ __all__ = [
     "ContrastiveHebbian",
     "DualProp",
     "EquilibriumProp",
+    "PCNEquilibriumProp",
     "PredictiveCoding",
     "Rule",
     "backprop",
@@ -78,6 +87,7 @@ __all__ = [
     "chl",
     "damped_dual_prop",
     "dual_prop",
+    "ep_pcn",
     "equilibrium_prop",
     "fields_of",
     "from_dict",

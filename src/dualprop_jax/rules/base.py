@@ -45,7 +45,7 @@ from dualprop_jax.core.states import check_input, compute_dtype
 RULES: dict[str, type] = {}
 """Rule name -> rule class (``"dp"`` and ``"dp_top"`` are both :class:`DualProp`)."""
 
-NAMES = ("dp", "dp_top", "bp", "ep", "chl", "pc")
+NAMES = ("dp", "dp_top", "bp", "ep", "chl", "pc", "ep_pcn")
 """The library's rule names, in the order the CLI lists them."""
 
 DTYPES = ("float32", "float64", "bfloat16")

@@ -18,6 +18,7 @@ LABEL_EXTRAS: dict[str, dict[str, Any]] = {
     "one_sided": dict(nudging="one_sided"),
     "odd_even": dict(order="odd_even"),
     "fixed": dict(fixed_prediction=True),
+    "synchronous": dict(scheme="synchronous"),
 }
 """What each ``+tag`` of a rule label sets: ``"dp_top+damped"``, ``"dp+kp"``, ``"ep+one_sided"``."""
 

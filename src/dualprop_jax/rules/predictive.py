@@ -1,14 +1,16 @@
-"""Predictive coding (inference learning) as a rule, and its fixed-prediction form.
+"""Rules on the predictive-coding energy: predictive coding (inference learning) with its
+fixed-prediction form, and equilibrium propagation on that energy.
 
-The energy, the relaxation and both gradients are :mod:`dualprop_jax.core.predictive`; the
-prediction is the feedforward pass, as for BP and DP.
+The energies, relaxations and gradients are :mod:`dualprop_jax.core.predictive` and
+:mod:`dualprop_jax.core.pcn_equilibrium`; the prediction of both rules is the feedforward
+pass (the free equilibrium of the PC energy), as for BP and DP.
 """
 
 from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from dualprop_jax.core import predictive
+from dualprop_jax.core import pcn_equilibrium, predictive
 from dualprop_jax.rules.base import (
     DTYPES,
     LOSSES,
@@ -20,6 +22,10 @@ from dualprop_jax.rules.base import (
     leaf,
     ruleclass,
 )
+from dualprop_jax.rules.energy_based import NUDGINGS
+
+SCHEMES = pcn_equilibrium.SCHEMES
+"""Orders of EP-on-PC's nudged iterations: ``"backward"`` (Gauss–Seidel), ``"synchronous"``."""
 
 
 @ruleclass
@@ -69,3 +75,68 @@ class PredictiveCoding(Rule):
 def predictive_coding(**settings) -> PredictiveCoding:
     """Predictive coding (see :class:`PredictiveCoding`), validated."""
     return PredictiveCoding(**settings)
+
+
+@ruleclass
+class PCNEquilibriumProp(Rule):
+    """Equilibrium propagation on the predictive-coding energy
+    F_β = Σ_{j=1}^{N} ½‖v_j − μ_j‖² + β ℓ(v_N, y) (Kerjan, Høier & Scellier 2026;
+    :mod:`~dualprop_jax.core.pcn_equilibrium`, equations (1)-(5) there).
+
+    The free equilibrium is the feedforward pass (no relaxation); each nudged phase runs K
+    iterations of the stationarity equations (2) from it, and the update is the centered (3)
+    or one-sided (4) difference of the Hebbian ∂F/∂θ, which tends to BP's gradient as β → 0
+    (at O(β²) centered, O(β) one-sided).
+
+    Attributes:
+      beta: nudging strength β > 0 (a traced leaf; default 2e-4, the smallest β of that work:
+        only the errors are carried, so a small β costs no float32 precision).
+      nudging: ``"symmetric"`` (default: two phases at ±β, centered EP) or ``"one_sided"``.
+      scheme: ``"backward"`` (default: errors from the output down, each node reading its
+        children's new ones) or ``"synchronous"`` (every node reads the last iteration's).
+      nudged_steps: K, iterations of each nudged phase; ``None`` (default) takes the number
+        of layers (:func:`~dualprop_jax.core.pcn_equilibrium.layers`), which the synchronous
+        scheme needs for the nudge to reach the input's first layer.
+      loss: ``"softmax_ce"`` (default) or ``"squared_error"``, the cost ℓ(v_N, y).
+      dtype: compute dtype of the layer maps.
+    """
+
+    beta: Any = leaf(2e-4)
+    nudging: str = "symmetric"
+    scheme: str = "backward"
+    nudged_steps: int | None = None
+    loss: str = "softmax_ce"
+    dtype: str = "float32"
+
+    name: ClassVar[str] = "ep_pcn"
+
+    def __post_init__(self) -> None:
+        who = "ep_pcn"
+        check_real(who, "beta", self.beta, lambda b: b > 0, "a finite real number > 0")
+        check_choice(who, "nudging", self.nudging, NUDGINGS)
+        check_choice(who, "scheme", self.scheme, SCHEMES)
+        if self.nudged_steps is not None:
+            check_count(who, "nudged_steps", self.nudged_steps, 1)
+        check_choice(who, "loss", self.loss, LOSSES)
+        check_choice(who, "dtype", self.dtype, DTYPES)
+
+    @property
+    def label(self) -> str:
+        """``ep_pcn``, plus ``+one_sided`` and ``+synchronous`` where set."""
+        tags = [t for t, on in (("one_sided", self.nudging == "one_sided"),
+                                ("synchronous", self.scheme == "synchronous")) if on]  # fmt: skip
+        return "+".join([self.name, *tags])
+
+    def steps(self, net) -> int:
+        """K for ``net``: ``nudged_steps``, or the number of layers."""
+        return self.nudged_steps or pcn_equilibrium.layers(net)
+
+    def grad(self, net, params, state, x, y):
+        grads, aux = pcn_equilibrium.pcn_ep_grad(net, params, x, y, self, self.steps(net))
+        return grads, aux, state
+
+
+def ep_pcn(**settings) -> PCNEquilibriumProp:
+    """Equilibrium propagation on the predictive-coding energy (see
+    :class:`PCNEquilibriumProp`), validated."""
+    return PCNEquilibriumProp(**settings)

@@ -19,6 +19,8 @@ from dualprop_jax.training.steps import TrainState, make_optimizer, make_train_s
 
 ENERGY_RULES = ("ep", "chl")
 """Rules that relax to equilibrium (T + K steps per train step): timed in their own group."""
+OWN_SETTINGS = ("pc", "ep_pcn")
+"""Rules a benchmark row runs at their own defaults (only the dtype is shared)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,7 +132,7 @@ def train_config(
     5e-4 and a constant learning rate of 0.01 (:func:`dualprop_jax.make_optimizer`).
     ``dp+fast`` is the 2023 rule on the fast path (α = ½ there, one sweep). α, β and passes
     are DP's; EP keeps its own β (0.5) and takes T = ``free_steps``, K = ``nudged_steps``
-    (CHL: K clamped steps).
+    (CHL: K clamped steps). Predictive coding and EP on its energy keep their own settings.
     """
     if label.split("+")[0] in ENERGY_RULES:
         rule = rules.from_label(
@@ -140,6 +142,8 @@ def train_config(
             nudged_steps=nudged_steps,
             clamped_steps=nudged_steps,
         )
+    elif label.split("+")[0] in OWN_SETTINGS:
+        rule = rules.from_label(label, dtype=dtype)
     else:
         rule = rules.from_label(label, alpha=alpha, beta=beta, dtype=dtype, passes=passes)
     return TrainConfig(
