@@ -39,6 +39,7 @@ CASES = {  # name: (model, rule)
     "resnet_dp_top": ("resnet8", "dp_top"),  # a graph (a small one): both kinds of skip
     "vit_dp_top": ("vit", "dp_top"),  # attention, LayerNorm and GELU edges on token states
     "mlp_dp": ("mlp", "dp"),
+    "mlp_dp_top_fw16": ("mlp", "dp_top+fw16"),  # the 2024 scripts' 16 bottom-up passes
     "mlp_bp": ("mlp", "bp"),
     "mlp_dp_top_damped": ("mlp", "dp_top+damped"),
     "mlp_dp_kp": ("mlp", "dp+kp"),

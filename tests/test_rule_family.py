@@ -29,6 +29,10 @@ FAMILY = {
     "dp+exact": ["--rule", "dp", "--output", "exact", "--loss", "squared_error", "--beta", "0.1"],
     "ep": ["--rule", "ep", "--free-steps", "30", "--nudged-steps", "10", "--lr", "0.002"],
     "chl": ["--rule", "chl", "--free-steps", "30", "--clamped-steps", "10", "--lr", "0.002"],
+    # the 2024 scripts' 16 bottom-up passes (its label stays dp_top; rules.from_label: dp_top+fw16)
+    "dp_top": ["--rule", "dp_top", "--schedule", "bottom_up", "--no-sweep", "--passes", "15"],
+    "pc": ["--rule", "pc"],
+    "ep_pcn": ["--rule", "ep_pcn"],
 }
 
 

@@ -96,7 +96,7 @@ RULE_FLAGS: dict[str, tuple[str, dict]] = {
         dict(
             type=float,
             help=f"nudging strength β > 0 (dp, dp_top: {_DEFAULT_RULE.beta:g}; ep: "
-            f"{_EP.beta:g}; ep_pcn: {_EP_PCN.beta:g}) (default: -)",
+            f"{_EP.beta:g}), ep_pcn: {_EP_PCN.beta:g} (default: -)",
         ),
     ),
     "--passes": ("passes", dict(type=int, help="extra inference passes (dp, dp_top; 0: one)")),
@@ -141,8 +141,8 @@ RULE_FLAGS: dict[str, tuple[str, dict]] = {
         "nudged_steps",
         dict(
             type=int,
-            help=f"K, steps of each nudged phase (ep: {_EP.nudged_steps}; ep_pcn: the number "
-            "of layers) (default: -)",
+            help="K, steps of each nudged phase (ep; ep_pcn: the number of layers) (default: "
+            f"{_EP.nudged_steps})",
         ),
     ),
     "--clamped-steps": (

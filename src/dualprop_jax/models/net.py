@@ -211,8 +211,8 @@ class LayeredNet:
         if self.graph is not None:
             raise ValueError(
                 f"{what} is defined for layered chains only, and this network is a graph "
-                "(residual/DAG). Use dual_prop (DP or DP⊤, plain or fast, any passes) or "
-                "backprop on it."
+                "(residual/DAG). Use dual_prop (DP or DP⊤, plain or fast, any passes), "
+                "backprop, predictive_coding or ep_pcn on it."
             )
 
     @staticmethod

@@ -12,6 +12,7 @@ from dualprop_jax.rules.base import NAMES, RULES, Rule, fields_of, from_dict
 
 LABEL_EXTRAS: dict[str, dict[str, Any]] = {
     "fast": dict(fast=True, alpha=0.5, passes=0, sweep=True),
+    "fw16": dict(schedule="bottom_up", sweep=False, passes=15),
     "damped": dict(damped=True),
     "kp": dict(feedback="kolen_pollack"),
     "exact": dict(output="exact", loss="squared_error"),
@@ -20,7 +21,9 @@ LABEL_EXTRAS: dict[str, dict[str, Any]] = {
     "fixed": dict(fixed_prediction=True),
     "synchronous": dict(scheme="synchronous"),
 }
-"""What each ``+tag`` of a rule label sets: ``"dp_top+damped"``, ``"dp+kp"``, ``"ep+one_sided"``."""
+"""What each ``+tag`` of a rule label sets: ``"dp_top+damped"``, ``"dp+kp"``, ``"ep+one_sided"``;
+``+fw16`` is the 2024 scripts' schedule, 16 bottom-up passes and no top-down sweep (a rule's
+own label does not carry that tag: such a rule's label is its variant's)."""
 
 
 def from_label(label: str, **settings) -> Rule:

@@ -111,7 +111,7 @@ class TrainConfig:
             raise ValueError(
                 f"rule {self.rule.label!r} is defined for layered chains only, and model "
                 f"{self.model!r} is a graph; train it with dp, dp_top (plain, fast, any "
-                "passes) or bp, or choose a chain model (mlp, cnn, vgg11, vgg16)."
+                "passes), bp, pc or ep_pcn, or choose a chain model (mlp, cnn, vgg11, vgg16)."
             )
 
     def _check_numbers(self) -> None:
