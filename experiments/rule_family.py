@@ -55,6 +55,10 @@ RULES: dict[str, dict] = {
     "chl": {},  # T = 100, 20 clamped steps: the same relaxation as EP
     "ep+odd_even": {},  # odd layers, then even layers: settles where synchronous updates cycle
     "chl+odd_even": {},
+    "dp_top+fw16": dict(alpha=0.5, beta=0.01),  # the 2024 scripts: 16 bottom-up passes
+    "pc": {},  # T = 20 inference steps of γ = 0.1
+    "pc+fixed": {},  # fixed prediction
+    "ep_pcn": {},  # centered, β = 2e-4, K = the number of layers, backward scheme
 }
 """Rule label -> its settings (the rest are the rule's defaults)."""
 DEFAULT_RULES = ("bp", "dp_top", "dp", "dp_top+damped", "dp+kp", "ep", "chl")
