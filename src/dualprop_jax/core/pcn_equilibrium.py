@@ -1,8 +1,11 @@
 """Equilibrium propagation on a predictive-coding energy (after Kerjan, Høier & Scellier 2026).
 
 That work trains predictive-coding networks (PCNs) with the centered variant of EP and an
-equilibration scheme of its own. What is here follows those two ingredients on the network's
-own graph, with the equations written out below (they are this module's, numbered (1)-(5)).
+equilibration scheme of its own, with about as many nudge iterations as the net has layers and
+β as small as 2e-4. What is here follows those ingredients on the network's own graph. The
+equations are written out below and numbered (1)-(5) in this module's own numbering, not the
+paper's: the equilibration schemes here (backward and synchronous) are derived from the
+energy's stationarity conditions, not transcribed from the paper.
 
 **Energy.** Every node j = 1..N, the output too, is a value node v_j shaped like its
 pre-activation; φ_0 = x, φ_j = f_j(v_j) (f_N = identity), and node j is predicted from its
@@ -45,7 +48,7 @@ error, once the nudge has reached node j; so
 
 for any K ≥ 1 under the backward scheme and K ≥ (longest path from a hidden node) + 1 under
 the synchronous one. Only (2)'s errors are carried, never a difference of two states, so a
-small β (the paper reports β down to 2e-4) loses no precision in float32.
+small β loses no precision in float32.
 """
 
 from __future__ import annotations

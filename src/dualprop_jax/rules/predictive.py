@@ -89,8 +89,8 @@ class PCNEquilibriumProp(Rule):
     (at O(β²) centered, O(β) one-sided).
 
     Attributes:
-      beta: nudging strength β > 0 (a traced leaf; default 2e-4, the smallest β of that work:
-        only the errors are carried, so a small β costs no float32 precision).
+      beta: nudging strength β > 0 (a traced leaf; default 2e-4, as small as that work's
+        smallest: only the errors are carried, so a small β costs no float32 precision).
       nudging: ``"symmetric"`` (default: two phases at ±β, centered EP) or ``"one_sided"``.
       scheme: ``"backward"`` (default: errors from the output down, each node reading its
         children's new ones) or ``"synchronous"`` (every node reads the last iteration's).
