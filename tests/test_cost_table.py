@@ -57,6 +57,7 @@ def test_delta_is_paired_by_seed_and_sweeps_match(table):
     totals = {r["rule"]: r["sweeps"]["total"] for r in payload["rows"]}
     assert totals == {"bp": 3, "dp_top": 3, "pc": 2 * 20 + 3}
     assert "| bp |" in text and "Learning rates" in text
+    assert (runs.parent / "COST.png").stat().st_size > 10_000  # the figure is written
 
 
 def test_time_to_target_is_first_epoch_reaching_it_times_epoch_time(table):
