@@ -74,6 +74,7 @@ def sweep_lr(args, labels: list[str]) -> dict[str, dict]:
             r = rf.run_one(args.setup, label, 0, args.runs / f"sweep-lr{lr:g}", args.sweep_epochs,
                            over)  # fmt: skip
             val[lr] = r["best_val_accuracy"]
+            args.train_s["sweep"] += r["train_time_s"]
             print(f"  sweep {label} lr {lr:g}: val {100 * val[lr]:.2f}%", flush=True)
         chosen[label] = {"lr": max(val, key=val.get), "val": {f"{k:g}": v for k, v in val.items()}}
     return chosen
@@ -232,7 +233,9 @@ def write_outputs(args, rows, lrs, started: float, data: str) -> None:
         f"    {args.command}",
         "",
         f"Commit {_commit()}; {datetime.datetime.now():%Y-%m-%d %H:%M}; this invocation ran "
-        f"{minutes:.1f} min (runs it found finished are read back, not rerun). Python "
+        f"{minutes:.1f} min (runs it found finished are read back, not rerun); the runs' "
+        f"training took {args.train_s['table'] / 60:.1f} min, the learning-rate sweep's "
+        f"{args.train_s['sweep'] / 60:.1f} min (evaluation excluded). Python "
         f"{platform.python_version()}, jax {jax.__version__}, flax {flax.__version__}, optax "
         f"{optax.__version__}; backend `{jax.default_backend()}` ({device_description()}).",
         "",
@@ -318,6 +321,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> None:
     args, started = parse_args(argv), time.time()
+    args.train_s = {"sweep": 0.0, "table": 0.0}
     lrs = sweep_lr(args, args.labels)
     first = rf.run_one(args.setup, "bp", args.seeds[0], args.runs, args.epochs,
                        {**args.overrides, "learning_rate": lrs["bp"]["lr"]})  # fmt: skip
@@ -332,6 +336,7 @@ def main(argv=None) -> None:
         for label in args.labels:  # interleaved, so that a partial table stays comparable
             over = {**args.overrides, "learning_rate": lrs[label]["lr"]}
             r = rf.run_one(args.setup, label, seed, args.runs, args.epochs, over)
+            args.train_s["table"] += r["train_time_s"]
             curve = _val_curve(args.runs / f"{label}-seed{seed}")
             runs.setdefault(label, []).append((r, curve))
             print(f"{label} seed {seed}: test {100 * r['test_accuracy']:.2f}%", flush=True)
