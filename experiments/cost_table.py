@@ -70,7 +70,9 @@ def sweep_lr(args, labels: list[str]) -> dict[str, dict]:
     for label in labels:
         val = {}
         for lr in args.lrs:
-            over = {**args.overrides, "learning_rate": lr, "max_train": args.sweep_train}
+            over = {**args.overrides, "learning_rate": lr}
+            if args.sweep_train:
+                over["max_train"] = args.sweep_train
             r = rf.run_one(args.setup, label, 0, args.runs / f"sweep-lr{lr:g}", args.sweep_epochs,
                            over)  # fmt: skip
             val[lr] = r["best_val_accuracy"]
@@ -252,7 +254,7 @@ def write_outputs(args, rows, lrs, started: float, data: str) -> None:
         *_table_lines(rows, args.target),
         "",
         f"## Learning rates (validation accuracy %, {args.sweep_epochs} epoch(s) on "
-        f"{args.sweep_train} training images, seed 0)",
+        f"{args.sweep_train or 'all the'} training images, seed 0)",
         "",
         *_sweep_lines(lrs, args.lrs),
         "",
@@ -297,7 +299,11 @@ def parse_args(argv=None):
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--lrs", default="3e-4,1e-3,3e-3", help="the learning rates each rule tries")
     p.add_argument("--sweep-epochs", type=int, default=1)
-    p.add_argument("--sweep-train", type=int, default=10000, help="training images of the sweep")
+    p.add_argument(
+        "--sweep-train", type=int, default=10000,
+        help="training images of the sweep (0: those of the table's runs; with --sweep-epochs "
+        "equal to --epochs the sweep then has the table's budget)",
+    )  # fmt: skip
     p.add_argument("--timed-steps", type=int, default=20)
     p.add_argument("--target", type=float, default=0.85, help="validation accuracy to reach")
     p.add_argument("--runs", type=pathlib.Path, default=pathlib.Path("runs/cost_table"))
