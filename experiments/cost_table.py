@@ -270,25 +270,10 @@ def write_outputs(args, rows, lrs, started: float, data: str) -> None:
 
 def plot(rows: list[dict], path: pathlib.Path, model: str) -> None:
     """Test accuracy (one point per seed) against time per epoch relative to BP (log scale)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7.5, 4.5))
-    for r in rows:
-        ys = [100 * a for a in r["test_accuracy"]]
-        ax.scatter([r["epoch_over_bp"]] * len(ys), ys, s=22, label=r["rule"])
-        ax.annotate(r["rule"], (r["epoch_over_bp"], statistics.mean(ys)), fontsize=8,
-                    textcoords="offset points", xytext=(6, 3))  # fmt: skip
-    ax.set_xscale("log")
-    ax.set_xlabel("time per epoch / BP's (log scale; compilation excluded)")
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title(f"Fashion-MNIST {model}: accuracy against cost", fontsize=10)
-    ax.grid(True, which="both", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    points = [(r["rule"], [r["epoch_over_bp"]] * len(r["test_accuracy"]), r["test_accuracy"])
+              for r in rows]  # fmt: skip
+    rf.scatter_against_cost(points, path, f"Fashion-MNIST {model}: accuracy against cost",
+                            "time per epoch / BP's (log scale; compilation excluded)")  # fmt: skip
 
 
 def parse_args(argv=None):

@@ -216,26 +216,33 @@ def write_outputs(
 
 def _plot(rows: list[dict], path: pathlib.Path, model: str) -> None:
     """Test accuracy against time per epoch relative to BP (log scale), one point per seed."""
+    rows = [r for r in rows if r["epoch_over_bp"] is not None]
+    if not rows:
+        return
+    bp = statistics.median(next(r for r in rows if r["rule"] == "bp")["epoch_s"])
+    points = [(r["rule"], [t / bp for t in r["epoch_s"]], r["test_accuracy"]) for r in rows]
+    scatter_against_cost(points, path, f"Fashion-MNIST {model}: accuracy against cost per epoch",
+                         "train time per epoch / BP's (log scale)")  # fmt: skip
+
+
+def scatter_against_cost(points, path: pathlib.Path, title: str, xlabel: str) -> None:
+    """Test accuracy (%) against a cost relative to BP (log scale): ``points`` holds
+    ``(label, costs, accuracies)``, one point per seed, each rule labelled at its centre."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [r for r in rows if r["epoch_over_bp"] is not None]
-    if not rows:
-        return
-    bp = statistics.median(next(r for r in rows if r["rule"] == "bp")["epoch_s"])
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for r in rows:
-        xs = [t / bp for t in r["epoch_s"]]
-        ys = [100 * a for a in r["test_accuracy"]]
-        ax.scatter(xs, ys, label=r["rule"], s=25)
-        ax.annotate(r["rule"], (statistics.median(xs), statistics.mean(ys)), fontsize=8,
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    for label, xs, accs in points:
+        ys = [100 * a for a in accs]
+        ax.scatter(xs, ys, label=label, s=25)
+        ax.annotate(label, (statistics.median(xs), statistics.mean(ys)), fontsize=8,
                     textcoords="offset points", xytext=(5, 5))  # fmt: skip
     ax.set_xscale("log")
-    ax.set_xlabel("train time per epoch / BP's (log scale)")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title(f"Fashion-MNIST {model}: accuracy against cost per epoch", fontsize=10)
+    ax.set_title(title, fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
