@@ -5,6 +5,7 @@ Application layer over :func:`dualprop_jax.training.train.train_and_evaluate` an
 writes the plots, and turns errors into one clear line. Its parts:
 
 - :mod:`~dualprop_jax.cli.parsers`: the command line (subcommands, flags, defaults);
+- :mod:`~dualprop_jax.cli.short_errors`: its parser's errors, three lines each;
 - :mod:`~dualprop_jax.cli.config`: the TrainConfig from a ``--config`` file and the flags;
 - :mod:`~dualprop_jax.cli.train`, :mod:`~dualprop_jax.cli.eval`, :mod:`~dualprop_jax.cli.bench`:
   the subcommands;

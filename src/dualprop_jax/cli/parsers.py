@@ -12,6 +12,7 @@ import pathlib
 import sys
 
 from dualprop_jax import models, rules
+from dualprop_jax.cli.short_errors import ShortErrorParser
 from dualprop_jax.training.config import FEEDS, MODELS, TrainConfig
 from dualprop_jax.training.distributed import HEARTBEAT_TIMEOUT_S
 
@@ -225,7 +226,7 @@ def _train_parser(sub) -> None:
     train = _command(
         sub,
         "train",
-        "train a network with a learning rule (DP, DP⊤, their variants, BP, EP or CHL)",
+        "train and test a network with a learning rule (--rule)",
         "Train and evaluate; writes results.json, metrics.csv, curves.png and checkpoints to "
         "--workdir. Flags override a --config file, which overrides the defaults.",
     )
@@ -343,7 +344,7 @@ def _bench_parser(sub) -> None:
 
     p = sub.add_parser(
         "bench",
-        help="time the train step of BP, DP⊤, DP, its variants, EP and CHL on the same model",
+        help="time the train step of several rules on the same model",
         description="Time the jitted train step (gradient + optax update) of each rule on the "
         "same model and batch; print a table (and write JSON with --out).",
         formatter_class=_BenchHelpFormatter,
@@ -480,12 +481,12 @@ def _version() -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``dualprop`` parser with its subcommands train, eval and bench."""
-    parser = argparse.ArgumentParser(
+    parser = ShortErrorParser(
         prog="dualprop",
         description="Dual propagation in JAX: train, evaluate and benchmark learning rules.",
     )
     parser.add_argument("--version", action="version", version=_version())
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", title="commands")
     _train_parser(sub)
     _eval_parser(sub)
     _bench_parser(sub)
