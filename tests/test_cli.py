@@ -429,6 +429,32 @@ def test_curves_have_integer_epochs_no_empty_val_and_the_test_mark(tmp_path, cap
     assert test_line and list(test_line[0].get_xydata()[0]) == [3, 70.0]
 
 
+def test_plots_of_a_dataset_file_are_titled_with_its_name_not_its_path(tmp_path, captured_figures):
+    from dualprop_jax.training import train
+
+    w = tmp_path / "run"
+    w.mkdir()
+    config = TrainConfig(dataset="/some/long/path/to the/file.npz").to_dict()
+    (w / "config.json").write_text(json.dumps(config))
+    (w / "metrics.csv").write_text(
+        "epoch,train_loss,train_accuracy,val_loss,val_accuracy\n1,0.5,0.8,0.6,0.75\n"
+    )
+    cosine = {"layers/0/kernel": 0.99}
+    (w / "alignment.json").write_text(json.dumps([{"step": 0, "epoch": 1, "cosine": cosine}]))
+    train.write_plots(w)
+    curves, alignment = captured_figures
+    assert curves.get_suptitle() == "mlp / file.npz / dp_top"
+    assert alignment.axes[0].get_title().startswith("mlp / file.npz / dp_top: alignment")
+    for dataset, name in [
+        ("fashion_mnist", "fashion_mnist"),
+        ("rel/dir/file.npz", "file.npz"),
+        ("/data/my_folder", "my_folder"),
+        ("~/tensorflow_datasets/cifar10/3.0.2", "cifar10/3.0.2"),
+        ("cifar10_corrupted/brightness_1", "cifar10_corrupted/brightness_1"),  # a TFDS name
+    ]:
+        assert plots.dataset_name(dataset) == name, dataset
+
+
 # ------------------------------------------------------- 2./3. data that is not what it claims
 
 

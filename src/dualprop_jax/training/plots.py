@@ -21,6 +21,18 @@ FLOOR = 1e-12
 """Smallest 1 − cosine drawn: float32 gradients agree to ~1e-7 at best."""
 
 
+def dataset_name(dataset: str) -> str:
+    """How a plot's title names ``TrainConfig.dataset``: a file or folder by its own name, not
+    its whole path (``/data/user/file.npz``: ``file.npz``; a prepared TFDS version
+    ``~/tensorflow_datasets/cifar10/3.0.2``: ``cifar10/3.0.2``), a dataset's name as it is."""
+    path = pathlib.PurePath(dataset)
+    if path.name[:1].isdigit() and path.parent.name:  # a TFDS folder <name>/<version>
+        return f"{path.parent.name}/{path.name}"
+    if dataset.endswith(".npz") or path.is_absolute() or dataset.startswith(("~", ".")):
+        return path.name or dataset
+    return dataset
+
+
 def _has_values(history: Sequence[dict], key: str) -> bool:
     return any(r.get(key) is not None and math.isfinite(r[key]) for r in history)
 

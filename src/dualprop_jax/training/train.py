@@ -422,7 +422,10 @@ def write_plots(workdir: str | os.PathLike, results: dict | None = None) -> None
 
 def _plot_title(workdir: pathlib.Path) -> str:
     """``model / dataset / rule label`` of the run's ``config.json`` (the rule's name where its
-    class is not registered in this process, e.g. a user's rule read by another program)."""
+    class is not registered in this process, e.g. a user's rule read by another program; a
+    dataset file by its name, not its path)."""
+    from dualprop_jax.training import plots
+
     path = workdir / "config.json"
     if not path.exists():
         return ""
@@ -432,7 +435,8 @@ def _plot_title(workdir: pathlib.Path) -> str:
         label = rules.from_dict(rule).label
     except (ValueError, TypeError):
         label = rule.get("name", "?") if isinstance(rule, dict) else str(rule)
-    return f"{config.get('model', '?')} / {config.get('dataset', '?')} / {label}"
+    dataset = plots.dataset_name(str(config.get("dataset", "?")))
+    return f"{config.get('model', '?')} / {dataset} / {label}"
 
 
 def _write_history(workdir: pathlib.Path, meta: dict) -> None:
