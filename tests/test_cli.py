@@ -411,6 +411,27 @@ def test_alignment_plot_shows_one_minus_cosine_on_a_log_scale(tmp_path, captured
     np.testing.assert_allclose(second.get_ydata(), [plots.FLOOR, plots.FLOOR])
 
 
+def test_alignment_floor_is_the_rounding_of_the_dtype_and_is_labelled(tmp_path, captured_figures):
+    """Oracle: 1 − cos in closed form; the floor is the dtype's eps, so float32 rounding (1 − cos
+    of 0 or 2**-24) is drawn at eps ≈ 1.2e-7 on a band saying so, not decades lower."""
+    eps32, eps64 = float(np.finfo(np.float32).eps), float(np.finfo(np.float64).eps)
+    assert plots.FLOOR == plots.rounding_floor() == plots.rounding_floor("float32") == eps32
+    assert plots.rounding_floor(np.float64) == eps64
+    cosine = np.array([1.0, 1 - 2**-24, 1 - 2**-23, 1 - 1e-5, 0.5, -1.0])
+    gap = 1.0 - cosine  # 0, eps32/2, eps32, 1e-5, 0.5, 2 (exact in float64)
+    np.testing.assert_array_equal(plots.floored_gap(cosine), [eps32, eps32, *gap[2:]])
+    np.testing.assert_array_equal(plots.floored_gap(cosine, "float64"), [eps64, *gap[1:]])
+    diagnostics = [
+        {"step": s, "epoch": 1, "cosine": {"layers/0/kernel": c}}
+        for s, c in ((0, 1.0), (10, 1 - 2**-24), (20, 0.999))
+    ]
+    plots.plot_alignment(diagnostics, tmp_path / "a.png")
+    ((ax, *_),) = [fig.axes for fig in captured_figures]
+    np.testing.assert_allclose(ax.get_lines()[0].get_ydata(), [eps32, eps32, 1e-3])
+    assert any("float32 rounding" in t.get_text() for t in ax.get_legend().get_texts())
+    assert eps32 / 10 < ax.get_ylim()[0] < eps32  # the axis ends just below the floor
+
+
 def test_curves_have_integer_epochs_no_empty_val_and_the_test_mark(tmp_path, captured_figures):
     history = [
         {"epoch": e, "train_loss": 1.0 / e, "train_accuracy": 0.5 + 0.1 * e,

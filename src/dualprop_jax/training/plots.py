@@ -17,8 +17,26 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.ticker import MaxNLocator
 
-FLOOR = 1e-12
-"""Smallest 1 − cosine drawn: float32 gradients agree to ~1e-7 at best."""
+
+def rounding_floor(dtype: str | np.dtype = "float32") -> float:
+    """Smallest 1 − cosine drawn for cosines computed in ``dtype``: its machine epsilon
+    (float32: 2**-23 ≈ 1.19e-7; float64: ≈ 2.2e-16).
+
+    A cosine rounded to ``dtype`` can only be 1 or a step of eps/2 below it, and the sums
+    behind it round at eps too, so 1 − cos below eps is rounding, not a closer agreement: drawn
+    as it is, on a log axis, a gap of 6e-8 or 0 would look like a fall by orders of magnitude.
+    """
+    return float(np.finfo(dtype).eps)
+
+
+FLOOR = rounding_floor("float32")
+"""The floor of :func:`plot_alignment`'s default, for the float32 gradients of the parameters
+(which stay float32 whatever the rule's compute dtype)."""
+
+
+def floored_gap(cosine: np.ndarray, dtype: str | np.dtype = "float32") -> np.ndarray:
+    """1 − ``cosine`` (float64), raised to :func:`rounding_floor` of ``dtype`` where below it."""
+    return np.maximum(1.0 - np.asarray(cosine, np.float64), rounding_floor(dtype))
 
 
 def dataset_name(dataset: str) -> str:
@@ -83,24 +101,36 @@ def plot_curves(
     plt.close(fig)
 
 
-def alignment_grid(diagnostics: Sequence[dict]) -> tuple[list[str], list[int], np.ndarray]:
-    """``(leaf names, steps, 1 − cosine)`` of the diagnostics records, floored at :data:`FLOOR`."""
+def alignment_grid(
+    diagnostics: Sequence[dict], dtype: str | np.dtype = "float32"
+) -> tuple[list[str], list[int], np.ndarray]:
+    """``(leaf names, steps, 1 − cosine)`` of the diagnostics records, by :func:`floored_gap`."""
     names = list(diagnostics[0]["cosine"])
     steps = [d["step"] for d in diagnostics]
     cosine = np.array([[d["cosine"][n] for d in diagnostics] for n in names], np.float64)
-    return names, steps, np.maximum(1.0 - cosine, FLOOR)
+    return names, steps, floored_gap(cosine, dtype)
 
 
-def plot_alignment(diagnostics: Sequence[dict], path: str | pathlib.Path, title: str = "") -> None:
+def plot_alignment(
+    diagnostics: Sequence[dict],
+    path: str | pathlib.Path,
+    title: str = "",
+    dtype: str | np.dtype = "float32",
+) -> None:
     """1 − cosine(rule gradient, BP gradient) per parameter leaf against the training step.
 
     A log scale shows what a colour map of the cosine itself hides: 0.9998 and 0.99999 are
-    1 − cos = 2e-4 and 1e-5, a factor of 20 apart.
+    1 − cos = 2e-4 and 1e-5, a factor of 20 apart. Values below the rounding of ``dtype`` (the
+    gradients' dtype) are drawn at :func:`rounding_floor`, on a grey band labelled as rounding.
     """
-    names, steps, gap = alignment_grid(diagnostics)
+    names, steps, gap = alignment_grid(diagnostics, dtype)
+    floor = rounding_floor(dtype)
     fig, ax = plt.subplots(figsize=(9, 4.5))
     for name, row in zip(names, gap, strict=True):
         ax.semilogy(steps, row, "-o", ms=2, lw=1, label=name)
+    label = f"{np.dtype(dtype).name} rounding (1 − cos ≤ {floor:.1e})"
+    ax.axhspan(floor / 4, floor, color="0.6", alpha=0.25, lw=0, label=label, zorder=0)
+    ax.set_ylim(bottom=floor / 4)
     ax.set(
         xlabel="training step",
         ylabel="1 − cosine(rule gradient, BP gradient)",
