@@ -450,6 +450,38 @@ def test_curves_have_integer_epochs_no_empty_val_and_the_test_mark(tmp_path, cap
     assert test_line and list(test_line[0].get_xydata()[0]) == [3, 70.0]
 
 
+def _segment_points(line, per_segment: int = 50) -> np.ndarray:
+    """Points along a drawn line's segments, in display coordinates."""
+    xy = line.get_xydata()
+    t = np.linspace(0, 1, per_segment)[None, :, None]
+    dense = (xy[:-1, None] + t * (xy[1:] - xy[:-1])[:, None]).reshape(-1, 2)
+    return line.get_transform().transform(np.concatenate([xy, dense]))
+
+
+def test_the_test_accuracy_text_covers_no_curve(tmp_path, captured_figures):
+    """The mark of a run like a user's: the test accuracy at the best epoch, just above the
+    validation curve. Its text is in the legend (placed off the data), and no text drawn on the
+    accuracy panel covers any part of a curve."""
+    val = (0.71, 0.76, 0.78, 0.80, 0.82, 0.81)
+    history = [
+        {"epoch": e, "train_loss": 1.0 / e, "train_accuracy": 0.57 + 0.05 * e,
+         "val_loss": 1.0 / e, "val_accuracy": v, "epoch_time_s": 1.0}
+        for e, v in enumerate(val, 1)
+    ]  # fmt: skip
+    plots.plot_curves(history, tmp_path / "c.png", test_accuracy=0.825, tested_epoch=5)
+    (fig,) = captured_figures
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    ax_acc = fig.axes[1]
+    texts = [t.get_text() for t in ax_acc.get_legend().get_texts()]
+    assert "test 82.50% (epoch 5 params)" in texts, texts
+    boxes = [t.get_window_extent(renderer) for t in ax_acc.texts]
+    boxes.append(ax_acc.get_legend().get_window_extent(renderer))
+    for line in ax_acc.get_lines():
+        for box in boxes:
+            assert not box.count_contains(_segment_points(line)), (line.get_label(), box)
+
+
 def test_plots_of_a_dataset_file_are_titled_with_its_name_not_its_path(tmp_path, captured_figures):
     from dualprop_jax.training import train
 

@@ -66,7 +66,8 @@ def plot_curves(
     """Loss and accuracy against epoch, for train and (when there is one) validation.
 
     ``test_accuracy`` (a fraction) is marked on the accuracy panel at ``tested_epoch``, the
-    epoch whose parameters were tested.
+    epoch whose parameters were tested; its value is written in the legend, which matplotlib
+    places off the curves (a text next to the mark would cover the validation curve).
     """
     epochs = [r["epoch"] for r in history]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
@@ -76,24 +77,19 @@ def plot_curves(
         ax_loss.plot(epochs, [r[f"{split}_loss"] for r in history], style, label=split, ms=3)
         accuracy = [100 * r[f"{split}_accuracy"] for r in history]
         ax_acc.plot(epochs, accuracy, style, label=split, ms=3)
+    test_text = "test"
     if test_accuracy is not None and math.isfinite(test_accuracy):
         x = tested_epoch if tested_epoch is not None else epochs[-1]
         ax_acc.plot([x], [100 * test_accuracy], "r*", ms=12, label="test", zorder=5)
-        ax_acc.annotate(
-            f"test {100 * test_accuracy:.2f}%\n(epoch {x} params)",
-            (x, 100 * test_accuracy),
-            textcoords="offset points",
-            xytext=(-10, -28),
-            ha="right",
-            fontsize=8,
-            color="r",
-        )
+        test_text = f"test {100 * test_accuracy:.2f}% (epoch {x} params)"
     ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
     ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
     for ax in (ax_loss, ax_acc):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-        ax.legend()
+    ax_loss.legend()
+    handles, labels = ax_acc.get_legend_handles_labels()
+    ax_acc.legend(handles, [test_text if label == "test" else label for label in labels])
     if title:
         fig.suptitle(title)
     fig.tight_layout()
