@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One prepared GPU session for the rule family (issue 12). Stages (STAGES, comma-separated):
+# One prepared GPU session for the rule family. Stages (STAGES, comma-separated):
 #   bench  the benchmark's row for every rule (BP, DP⊤, DP, fast path, damped DP⊤, KP-DP, EP,
 #          CHL) on MLP, CNN and VGG16
 #   mlp    experiments/rule_family.py's Fashion-MNIST MLP table on the GPU (EPOCHS epochs)

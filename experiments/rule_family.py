@@ -62,7 +62,7 @@ RULES: dict[str, dict] = {
 }
 """Rule label -> its settings (the rest are the rule's defaults)."""
 DEFAULT_RULES = ("bp", "dp_top", "dp", "dp_top+damped", "dp+kp", "ep", "chl")
-"""The rows of the default table (the issue's list)."""
+"""The rows of the default table: BP, DP⊤, DP, damped DP⊤, KP-DP, EP and CHL."""
 
 
 def load_setup(name: str) -> dict:
