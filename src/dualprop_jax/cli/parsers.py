@@ -87,6 +87,12 @@ FLAGS: dict[str, tuple[str, dict]] = {
             "set takes at most 1/4 of a device's memory, 2 GiB on CPU)",
         ),
     ),
+    "--tensorboard": (
+        "tensorboard",
+        dict(action="store_const", const=True, help="also write metrics.csv and alignment.json "
+             "as TensorBoard event files, epoch by epoch, in --workdir/tensorboard/ (no TensorFlow "
+             "needed; to view them: pip install tensorboard; tensorboard --logdir runs/)"),
+    ),
 }
 """flag -> (TrainConfig field, argparse kwargs)."""
 

@@ -33,6 +33,7 @@ FREE_ON_RESUME = (
     "devices",
     "keep_checkpoints",
     "feed",
+    "tensorboard",
 )
 
 # Rule settings that a config of the old flat format held at the top level (refused; see
@@ -83,6 +84,7 @@ class TrainConfig:
     devices: int | None = None  # None: all local devices
     keep_checkpoints: int = 2  # checkpoints kept in workdir/checkpoints (the latest epochs)
     feed: str = "auto"  # training batches from a copy on the device, or from the host
+    tensorboard: bool = False  # also write TensorBoard event files (training.tensorboard)
 
     def __post_init__(self) -> None:
         for name in ("widths", "channels", "dense"):
@@ -138,6 +140,8 @@ class TrainConfig:
             raise _bad("devices", self.devices, "None (all local devices) or a positive integer")
         if not isinstance(self.seed, numbers.Integral) or self.seed < 0:
             raise _bad("seed", self.seed, "a non-negative integer")
+        if not isinstance(self.tensorboard, bool):
+            raise _bad("tensorboard", self.tensorboard, "True or False")
 
     def replace(self, **changes) -> TrainConfig:
         """A copy with some fields changed (validated again)."""

@@ -8,7 +8,8 @@ the rule's train step and the optimizer (:mod:`~dualprop_jax.training.steps`) on
 
 No printing or plotting here: progress reaches the caller through ``hook(event, info)``. The
 run leaves checkpoints, ``config.json``, ``metrics.csv``, ``alignment.json`` (diagnostics on)
-and ``results.json`` in ``workdir``.
+and ``results.json`` in ``workdir``, and with ``config.tensorboard`` the same curves as
+TensorBoard event files in ``workdir/tensorboard`` (:mod:`~dualprop_jax.training.tensorboard`).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from dualprop_jax.data.pipeline import check_batch_size
 from dualprop_jax.errors import DivergenceError, TrainingError, TrainingInterrupted
 from dualprop_jax.losses import labels_per_example
 from dualprop_jax.rules import DualProp
-from dualprop_jax.training import checkpoints
+from dualprop_jax.training import checkpoints, tensorboard
 from dualprop_jax.training import parallel as par
 from dualprop_jax.training.config import TrainConfig
 from dualprop_jax.training.loop import EpochResult, train_epoch
@@ -82,6 +83,7 @@ def train_and_evaluate(
     run = build_run(config, ds)
     _usable_workdir(workdir, create=True)
     state, best, meta = run.start(workdir, saved_epoch, ds)
+    events = _training_events(config, workdir, meta)  # None unless config.tensorboard
     if run.feed == "device":
         device_data.resident(ds, run.mesh)  # copied once, before the first epoch's clock
     if jax.process_index() == 0:
@@ -100,7 +102,7 @@ def train_and_evaluate(
                 saved = epoch
                 raise
             saved = epoch
-            _write_history(workdir, meta)
+            _write_history(workdir, meta, events)
             emit("epoch", dict(meta["history"][-1], best_val_accuracy=meta["best_val_accuracy"]))
         test = run.evaluate(best, ds, "test")
     except KeyboardInterrupt:
@@ -439,12 +441,33 @@ def _plot_title(workdir: pathlib.Path) -> str:
     return f"{config.get('model', '?')} / {dataset} / {label}"
 
 
-def _write_history(workdir: pathlib.Path, meta: dict) -> None:
+def _training_events(
+    config: TrainConfig, workdir: pathlib.Path, meta: dict
+) -> tensorboard.TrainingEvents | None:
+    """With ``config.tensorboard`` (process 0): the run's new TensorBoard event files under
+    ``workdir/tensorboard``, holding the history so far (:mod:`.tensorboard`); else None."""
+    if not config.tensorboard or jax.process_index() != 0:
+        return None
+    return tensorboard.TrainingEvents(
+        workdir / "tensorboard",
+        meta["history"],
+        meta["diagnostics"],
+        meta.get("rule_metrics_start"),
+    )
+
+
+def _write_history(
+    workdir: pathlib.Path, meta: dict, events: tensorboard.TrainingEvents | None = None
+) -> None:
+    """``metrics.csv`` and ``alignment.json`` of ``meta``, and its last epoch to ``events``."""
     if jax.process_index() != 0:
         return
     _write_metrics_csv(workdir / "metrics.csv", meta["history"])
     if meta["diagnostics"]:
         _write_json(workdir / "alignment.json", meta["diagnostics"])
+    if events is not None:
+        row = meta["history"][-1]
+        events.add_epochs([row], [d for d in meta["diagnostics"] if d["epoch"] == row["epoch"]])
 
 
 def _write_metrics_csv(path: pathlib.Path, history: list[dict]) -> None:
