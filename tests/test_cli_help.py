@@ -107,3 +107,51 @@ def test_a_parser_without_commands_reports_unknown_arguments_itself(capsys):
         "tool: error: unrecognized arguments: extra",
         "run 'tool --help' for the options",
     ]
+
+
+# ------------------------------------------------- the studies' help (their docstrings)
+
+STUDIES = pathlib.Path(__file__).resolve().parents[1] / "experiments" / "studies"
+
+
+def _study_common():
+    sys.path.insert(0, str(STUDIES))
+    try:
+        import common
+    finally:
+        sys.path.remove(str(STUDIES))
+    return common
+
+
+@pytest.mark.parametrize(
+    ("doc", "plain"),
+    [
+        ("see :func:`dualprop_jax.core.alignment`.", "see dualprop_jax.core.alignment."),
+        ("(:mod:`~dualprop_jax.training.sweep`)", "(sweep)"),
+        (":py:data:`the seed <DATA_SEED>` and :meth:`finish`", "the seed and finish"),
+        ("with ``--schedule\nbottom_up`` and ``x``", "with --schedule\nbottom_up and x"),
+        ("Example::\n\n    run it", "Example:\n\n    run it"),
+        ("a `single` quote and 2 :: 3", "a `single` quote and 2 :: 3"),
+    ],
+)
+def test_plain_text_of_a_docstring(doc, plain):
+    assert _study_common().plain_text(doc) == plain
+
+
+def test_every_studys_help_is_plain_text():
+    import ast
+
+    plain_text = _study_common().plain_text
+    scripts = sorted(p for p in STUDIES.glob("*.py") if p.stem != "common")
+    assert len(scripts) >= 5
+    for script in scripts:
+        doc = ast.get_docstring(ast.parse(script.read_text()), clean=False)
+        text = plain_text(doc)
+        assert not [m for m in MARKUP if m in text], (script.name, text)
+    proc = subprocess.run(
+        [sys.executable, str(STUDIES / "paper_grid.py"), "--help"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "VGG16 on CIFAR-10" in proc.stdout
+    assert not [m for m in MARKUP if m in proc.stdout], proc.stdout

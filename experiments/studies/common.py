@@ -20,6 +20,7 @@ import json
 import math
 import pathlib
 import platform
+import re
 import shlex
 import subprocess
 import sys
@@ -34,11 +35,32 @@ ROOT = HERE.parent.parent
 RESULTS = HERE / "results"
 
 
+_ROLE = re.compile(r":[a-z]+(?::[a-z]+)?:`([^`]+)`")
+_LITERAL = re.compile(r"``(.+?)``", re.DOTALL)
+
+
+def _role_text(match: re.Match) -> str:
+    text = match.group(1)
+    if text.endswith(">") and "<" in text:  # :role:`shown text <target>`
+        return text[: text.index("<")].strip()
+    return text[1:].rsplit(".", 1)[-1] if text.startswith("~") else text
+
+
+def plain_text(doc: str) -> str:
+    """``doc`` (a docstring in reStructuredText) as plain text for a terminal: a role
+    (``:func:`a.b```, ``:mod:`~a.b```, ``:data:`text <a.b>```) as the name it shows (``a.b``,
+    ``b``, ``text``), a literal (````--flag````) without its double backquotes, a paragraph's
+    closing ``::`` as ``:``."""
+    text = _LITERAL.sub(r"\1", _ROLE.sub(_role_text, doc))
+    return re.sub(r"(?<=\S)::$", ":", text, flags=re.MULTILINE)
+
+
 def parser(study: str, description: str) -> argparse.ArgumentParser:
-    """The study's argument parser, with ``--quick`` and ``--out``."""
+    """The study's argument parser, with ``--quick`` and ``--out``; its help shows the
+    ``description`` (the study's docstring) as :func:`plain_text`."""
     p = argparse.ArgumentParser(
         prog=f"python experiments/studies/{study}.py",
-        description=description,
+        description=plain_text(description),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
