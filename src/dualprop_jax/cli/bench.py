@@ -93,6 +93,8 @@ def _model_epoch(benchmark, args: argparse.Namespace, name: str, cpu: bool, epoc
 
 
 def cmd_bench(args: argparse.Namespace, argv: list[str]) -> int:
+    """``dualprop bench``: time the train steps of the rules asked for and print the table;
+    returns the exit code."""
     from dualprop_jax.training import benchmark
 
     result = benchmark.run_benchmark(

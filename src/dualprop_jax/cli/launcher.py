@@ -85,6 +85,7 @@ class Run:
 
 
 def verbose() -> bool:
+    """Whether the environment asks to keep the distributed runtime's connection lines."""
     return os.environ.get(VERBOSE_ENV, "").strip().lower() not in ("", "0", "false", "no")
 
 

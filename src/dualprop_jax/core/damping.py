@@ -26,8 +26,8 @@ DAMPING_SEED = 0
 
 class DampingState(NamedTuple):
     """The power-iteration vector of each hidden map k = 1..L-1 (``vectors[k]``: unit norm, of
-    shape (1, *core input), :meth:`LayeredNet.map_input_shapes`), an estimate of the top
-    right-singular vector of map k's linear part."""
+    shape ``(1, *core_input)``, :meth:`~dualprop_jax.models.LayeredNet.map_input_shapes`), an
+    estimate of the top right-singular vector of map k's linear part."""
 
     vectors: dict[int, jax.Array]
 

@@ -47,13 +47,17 @@ def pass_residuals(
     ``config.schedule`` after the start of :func:`~dualprop_jax.core.inference.start` (forward
     pass, output nudge, and the sweep unless ``config.sweep`` is False).
 
-    With S_p the dyads (s⁺_j, s⁻_j), j = 1..N, after pass p (S_0 the start), returns
-      ``"residual"``: r_p = ‖S_p - S_{p-1}‖, p = 1..passes (norm over nodes, both states and
-        the batch, divided by √B): the step of the iteration. A converging iteration shrinks it
+    With S_p the dyads (s⁺_j, s⁻_j), j = 1..N, after pass p (S_0 the start), returns a dict:
+
+    ``"residual"``
+        r_p = ‖S_p - S_{p-1}‖, p = 1..passes (norm over nodes, both states and the batch,
+        divided by √B): the step of the iteration. A converging iteration shrinks it
         geometrically, r_{p+1} ≈ ρ r_p, with ρ < 1 the spectral radius of the pass's
         linearisation at the fixed point; ρ > 1 (or a non-finite r_p) means it diverges.
-      ``"delta"``: ‖δ_p‖ = ‖(s⁺_j - s⁻_j)_j‖ / √B after each pass (the error the dyads carry;
-        O(β) while the iteration is stable).
+    ``"delta"``
+        ‖δ_p‖ = ‖(s⁺_j - s⁻_j)_j‖ / √B after each pass (the error the dyads carry; O(β) while
+        the iteration is stable).
+
     ``config.passes`` is not used. Parts as for :func:`~dualprop_jax.core.inference.infer_dyads`.
     """
     inference.require_parts(config, feedback, lipschitz, "pass_residuals")

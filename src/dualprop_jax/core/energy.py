@@ -1,7 +1,8 @@
 """Equilibrium propagation (EP) and contrastive Hebbian learning (CHL): the energy-based baselines.
 
 Notation (layers k = 0..L, s_0 = x; map k sends layer k to layer k+1, W_k with its bias, conv,
-max-pool):
+max-pool)::
+
   Φ(x, s; θ) = Σ_{k=0..L-1} ⟨s_{k+1}, W_k(s_k)⟩     the primitive function, summed over the batch
   ∂Φ/∂s_k    = W_{k-1}(s_{k-1}) + J_kᵀ s_{k+1}      (J_kᵀ s_{k+1}: ``jax.vjp`` of map k at s_k)
   ∂Φ/∂s_L    = W_{L-1}(s_{L-1})
@@ -14,21 +15,25 @@ prediction ŷ is the output s_L of the free phase (:func:`predict`), not ``net.f
 
 Relaxation (one step, all layers at once from the previous step's states: a Jacobi step, as in
 the code of Laborieux et al. 2021; ``order="odd_even"`` updates the odd layers, then the even
-ones from them, which settles where Jacobi steps of strongly coupled layers cycle):
+ones from them, which settles where Jacobi steps of strongly coupled layers cycle)::
+
   hidden k = 1..L-1:  s_k ← σ(∂Φ/∂s_k)
   output k = L:       s_L ← W_{L-1}(s_{L-1})              free phase
                       s_L ← W_{L-1}(s_{L-1}) - β g(s_L)   nudged phase (EP; g at the current s_L)
                       s_L = t                             clamped phase (CHL; held fixed)
+
 All ∂Φ/∂s_k of a step come from one ``jax.grad`` of Φ with respect to the states. Phases
 (``lax.fori_loop``s with ``unroll=rule.unroll``): the free phase runs T = ``free_steps`` steps
 from ``rule.start`` (every state 0, or the feedforward pass with σ) to s^0; a nudged (clamped)
 phase runs K = ``nudged_steps`` (``clamped_steps``) steps from s^0.
 
 Gradient estimators (update directions of a descent step, like ``jax.grad`` of the batch-mean
-loss; B is the batch size):
+loss; B is the batch size)::
+
   EP, one-sided:  ∇θ ≈ -(1/β)  (∂Φ/∂θ(s^β) - ∂Φ/∂θ(s^0))  / B
   EP, symmetric:  ∇θ ≈ -(1/2β) (∂Φ/∂θ(s^β) - ∂Φ/∂θ(s^-β)) / B   (Laborieux et al. 2021)
   CHL:            ∇θ =  -(∂Φ/∂θ(s^clamped) - ∂Φ/∂θ(s^0)) / B       (Movellan 1991)
+
 As β → 0 with converged phases, the EP estimate equals the gradient of ℓ at the free fixed point
 (Scellier & Bengio 2017); the one-sided estimate's bias is O(β), the symmetric one's O(β²).
 For a dense map, ∂Φ/∂W_k = s_{k+1} s_kᵀ: the estimates are differences of Hebbian correlations.
@@ -337,10 +342,12 @@ def relax(
     beta=None,
 ) -> States:
     """``steps`` Jacobi steps s_k ← σ(∂Φ/∂s_k) (k < L) from ``states``, with the output equation
-    of the phase chosen by the arguments:
+    of the phase chosen by the arguments::
+
       free (``y`` None):                  s_L ← W_{L-1}(s_{L-1})
       nudged (``y`` and ``beta`` given):  s_L ← W_{L-1}(s_{L-1}) - β ∇ℓ(s_L, t)
       clamped (``y`` given, ``beta`` None): s_L = t
+
     with t the targets ``y`` as an array (one-hot for labels) and ℓ = ``rule.loss``."""
     states = tuple(states)
     if y is None:
@@ -368,10 +375,12 @@ def predict(net: LayeredNet, params, x: jax.Array, rule: EnergyRule) -> jax.Arra
 def ep_grad(
     net: LayeredNet, params, x: jax.Array, y: jax.Array, rule: EquilibriumProp
 ) -> tuple[object, Aux]:
-    """The EP gradient estimate (same tree as ``params``) and :class:`~dualprop_jax.dyads.Aux`
-    (the batch-mean loss ℓ(s^0_L, y) and the free output s^0_L):
+    """The EP gradient estimate (same tree as ``params``) and :class:`~dualprop_jax.core.states.Aux`
+    (the batch-mean loss ℓ(s^0_L, y) and the free output s^0_L)::
+
       one-sided:  -(1/β)  (∂Φ/∂θ(s^β) - ∂Φ/∂θ(s^0))  / B
       symmetric:  -(1/2β) (∂Φ/∂θ(s^β) - ∂Φ/∂θ(s^-β)) / B
+
     with s^{±β} the nudged phases of ``rule.nudged_steps`` steps from the free state s^0."""
     return _ep_grad(net, params, x, y, rule)
 
@@ -381,6 +390,6 @@ def chl_grad(
     net: LayeredNet, params, x: jax.Array, y: jax.Array, rule: ContrastiveHebbian
 ) -> tuple[object, Aux]:
     """The CHL gradient -(∂Φ/∂θ(s^clamped) - ∂Φ/∂θ(s^0)) / B (same tree as ``params``) and
-    :class:`~dualprop_jax.dyads.Aux`; s^clamped runs ``rule.clamped_steps`` steps from s^0 with
-    s_L = t. For a dense map: -(s^c_{k+1} (s^c_k)ᵀ - s^0_{k+1} (s^0_k)ᵀ) / B."""
+    :class:`~dualprop_jax.core.states.Aux`; s^clamped runs ``rule.clamped_steps`` steps from s^0
+    with s_L = t. For a dense map: -(s^c_{k+1} (s^c_k)ᵀ - s^0_{k+1} (s^0_k)ᵀ) / B."""
     return _chl_grad(net, params, x, y, rule)

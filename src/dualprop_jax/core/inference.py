@@ -4,6 +4,7 @@ Schedule (Høier et al. 2023; Høier & Zach 2024), for the settings of a dual-pr
 (``config``: its ``variant``, ``alpha``, ``beta``, ``loss``, ``output``, ``sweep``, ``passes``,
 ``schedule``, ``unroll_factor`` and ``dtype``; a :class:`~dualprop_jax.rules.DualProp` rule is
 one):
+
   1. forward pass: s⁺_j = s⁻_j = s_j, the feedforward activity, with each map's vjp kept;
   2. output nudge: s±_N by :func:`~dualprop_jax.core.nodes.output_dyad` at ŷ = a_N;
   3. one sweep over the hidden nodes in reverse topological order (unless ``config.sweep`` is
@@ -11,6 +12,7 @@ one):
   4. ``config.passes`` extra passes (``lax.fori_loop``) of ``config.schedule``: ``"bottom_up"``
      re-solves j = 1..N, ``"alternating"`` j = 1..N then N-1..1, each node from the current s̄
      of its parents and δ of its children.
+
 In extra passes DP⊤ keeps g at the forward prediction ŷ (its Lagrangian is linearised there),
 while DP takes g at the current output a_N (the 2023 convention); the exact output is solved at
 the current a_N for both. A node's feedback vjp is taken at its current mean s̄_j (the official

@@ -1,19 +1,25 @@
 """The node solver: the dyad update of one node, given its input and its feedback, and its parts.
 
-Closed-form updates, with (c⁺, c⁻) = (α, 1-α) for DP and (1-α, α) for DP⊤ (:func:`coefficients`):
-  hidden node j:  s⁺_j = f_j(a_j + c⁺ fb_j),   s⁻_j = f_j(a_j - c⁻ fb_j)      (:func:`solve_node`)
-  output node N:  s⁺_N = a_N - c⁺ βg,          s⁻_N = a_N + c⁻ βg            (:func:`output_dyad`)
+Closed-form updates, with (c⁺, c⁻) = (α, 1-α) for DP and (1-α, α) for DP⊤
+(:func:`coefficients`), in :func:`solve_node` and :func:`output_dyad`::
+
+  hidden node j:  s⁺_j = f_j(a_j + c⁺ fb_j),   s⁻_j = f_j(a_j - c⁻ fb_j)
+  output node N:  s⁺_N = a_N - c⁺ βg,          s⁻_N = a_N + c⁻ βg
+
 with a_j = Σ_{k=(i,j)} W_k(s̄_i) the node's input, fb_j = Σ_{k=(j,c)} J_kᵀ δ_c its feedback
 (:func:`node_feedback`) and g = ∇ℓ(ŷ, t) the loss gradient at the output (so δ_N = -βg).
 
 Two parts plug into the solver, chosen by the rule (so that e.g. damped Kolen–Pollack DP is a
 combination of parts, not a branch):
-  feedback  ``(net, params, k, s_j, δ_c, dtype, vjp) -> J_kᵀ δ_c``: :func:`transpose_feedback`
-            (the vjp of map k itself at s_j) or ``kolen_pollack_feedback``
-            (:mod:`~dualprop_jax.core.feedback`: map k with its kernel W_k replaced by B_k);
-  update    ``(j, f_j, p, s_now) -> (s⁺_j, s⁻_j)`` on the stacked pre-activations
-            p = (a_j + c⁺ fb_j, a_j - c⁻ fb_j): :func:`plain_update`, f_j(p), or
-            :class:`DampedUpdate` (Høier & Zach 2024), f_j((p + L_j s_now)/(1 + L_j)).
+
+feedback
+    ``(net, params, k, s_j, δ_c, dtype, vjp) -> J_kᵀ δ_c``: :func:`transpose_feedback` (the vjp
+    of map k itself at s_j) or ``kolen_pollack_feedback`` (:mod:`~dualprop_jax.core.feedback`:
+    map k with its kernel W_k replaced by B_k);
+update
+    ``(j, f_j, p, s_now) -> (s⁺_j, s⁻_j)`` on the stacked pre-activations
+    p = (a_j + c⁺ fb_j, a_j - c⁻ fb_j): :func:`plain_update`, f_j(p), or :class:`DampedUpdate`
+    (Høier & Zach 2024), f_j((p + L_j s_now)/(1 + L_j)).
 
 Exact output (squared error, the 2023 MLP code): s⁺_N = (a_N + c⁺β t)/(1 + c⁺β),
 s⁻_N = (a_N - c⁻β t)/(1 - c⁻β), the minimiser of ½‖s - a_N‖² + c⁺β ½‖s - t‖² and the

@@ -18,6 +18,7 @@ from dualprop_jax.errors import DataError
 _CHUNK = 8192
 
 SPLITS = ("train", "val", "test")
+"""The splits a :class:`Dataset` holds."""
 
 
 def standardise(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
@@ -48,7 +49,11 @@ class StandardisedImages:
     stored uint8 pixels (N, ...) and the float32 statistics (per channel, or a scalar).
     """
 
-    __slots__ = ("mean", "raw", "std")
+    __slots__ = {
+        "mean": "The float32 mean subtracted after scaling to [0, 1] (per channel, or a scalar).",
+        "raw": "The stored uint8 pixels, (N, ...).",
+        "std": "The float32 standard deviation divided by (per channel, or a scalar).",
+    }
 
     def __init__(self, raw: np.ndarray, mean: np.ndarray, std: np.ndarray) -> None:
         raw = np.asarray(raw)
@@ -63,18 +68,22 @@ class StandardisedImages:
 
     @property
     def shape(self) -> tuple[int, ...]:
+        """The shape of the split, (N, ...)."""
         return self.raw.shape
 
     @property
     def ndim(self) -> int:
+        """The number of axes."""
         return self.raw.ndim
 
     @property
     def dtype(self) -> np.dtype:
+        """float32: the dtype that indexing returns."""
         return np.dtype(np.float32)
 
     @property
     def size(self) -> int:
+        """The number of pixel values."""
         return self.raw.size
 
     def __len__(self) -> int:
@@ -145,9 +154,10 @@ class Dataset:
         """Standardised float32 images of ``split`` ("train", "val" or "test") at ``index``
         (an index array, a slice or an int; default: the whole split).
 
-        The one place batches are taken: the training loop, :func:`~dualprop_jax.data.pipeline.
-        batches` and evaluation all call it (or index the split the same way), so uint8 data
-        is converted batch by batch and never held in float32 as a whole.
+        The one place batches are taken: the training loop,
+        :func:`~dualprop_jax.data.pipeline.batches` and evaluation all call it (or index the
+        split the same way), so uint8 data is converted batch by batch and never held in
+        float32 as a whole.
         """
         return self.split(split)[0][index]
 

@@ -22,6 +22,7 @@ import numpy as np
 from dualprop_jax.errors import DataError
 
 KNOWN_IDX = ("fashion_mnist", "mnist")
+"""The datasets read from IDX files (by name, with ``--dataset``)."""
 
 #: Base names of the four IDX files, keyed by role; each may also be stored with ``.gz``.
 IDX_FILES: dict[str, str] = {

@@ -28,9 +28,12 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "gelu": jax.nn.gelu,
     "identity": lambda a: a,
 }
+"""The hidden nodes' activations f_j, by name (a net's ``activation`` and a graph's nodes)."""
 
 HIDDEN_INIT = nnx.initializers.he_normal()
+"""The kernel initialiser of maps into hidden nodes: He normal (for ReLU)."""
 OUTPUT_INIT = nnx.initializers.lecun_normal()
+"""The kernel initialiser of the map into the output: LeCun normal."""
 
 
 def max_pool_2x2(s: jax.Array) -> jax.Array:

@@ -9,11 +9,13 @@ flatten of its input, and a conv map may end with a 2x2 max-pool. Any model buil
 this shape works with the learning rule unchanged.
 
 Two layouts place a conv block's max-pool (:data:`LAYOUTS`); for a monotone f,
-f(pool(z)) = pool(f(z)), so both compute the same network function conv → pool → f:
+f(pool(z)) = pool(f(z)), so both compute the same network function conv → pool → f::
+
   ``"unpooled"`` (default): the pool sits at the *input* of the next map; a conv layer's state
     is the unpooled f(conv(s)), and the next map pools its presynaptic mean s̄.
   ``"pooled"`` (the official 2024 code): conv → pool is one map, a = pool(conv(s)); states are
     stored pooled (4x smaller), so multi-pass inference moves less data.
+
 Forward pass, BP gradient and the β → 0 limit of the DP gradient are the same in both. At
 finite β the dyad states differ: "unpooled" pools the mean, pool(α s⁺ + (1-α) s⁻), "pooled"
 takes the mean of pooled states, α pool(s⁺) + (1-α) pool(s⁻); the two part where a pool

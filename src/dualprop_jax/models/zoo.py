@@ -35,7 +35,9 @@ LAYOUTS = ("unpooled", "pooled")
 """Where a conv block's 2x2 max-pool sits: at the next map's input, or ending the conv map."""
 
 VGG11 = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")
+"""VGG11's conv blocks (Simonyan & Zisserman 2015): output channels, ``"M"`` a 2x2 max-pool."""
 VGG16 = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
+"""VGG16's conv blocks, as :data:`VGG11`; the 2024 paper's CIFAR and ImageNet 32x32 model."""
 
 
 def mlp(

@@ -14,7 +14,7 @@ also names its ``loss`` and compute ``dtype`` and is saved as :meth:`Rule.to_dic
 A rule is a frozen dataclass made a pytree by :func:`ruleclass`: fields declared with
 :func:`leaf` (α, β) are traced pytree leaves, every other field is static and part of the
 compiled program's identity. Passed as an argument of a jitted function, a rule is traced, so a
-schedule or grid over α or β compiles once. A rule of your own:
+schedule or grid over α or β compiles once. A rule of your own::
 
     @rules.ruleclass
     class SignSGD(rules.Rule):
@@ -49,7 +49,9 @@ NAMES = ("dp", "dp_top", "bp", "ep", "chl", "pc", "ep_pcn")
 """The library's rule names, in the order the CLI lists them."""
 
 DTYPES = ("float32", "float64", "bfloat16")
+"""Compute dtypes a rule may take (parameters keep their own)."""
 LOSSES = ("softmax_ce", "squared_error")
+"""Losses ℓ a rule may train: softmax cross-entropy, or ½‖ŷ − t‖² on one-hot targets."""
 
 
 def leaf(default: Any) -> Any:
@@ -223,17 +225,20 @@ def is_traced(value: object) -> bool:
 
 
 def check_choice(rule: str, field: str, value: object, allowed: tuple) -> None:
+    """Raise a :class:`ValueError` naming the rule, field and value unless ``value in allowed``."""
     if value not in allowed:
         raise bad(rule, field, value, f"one of {allowed}")
 
 
 def check_count(rule: str, field: str, value: object, least: int) -> None:
+    """Raise a :class:`ValueError` unless ``value`` is an integer (not a bool) ≥ ``least``."""
     if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < least:
         allowed = "a non-negative integer" if least == 0 else f"an integer >= {least}"
         raise bad(rule, field, value, allowed)
 
 
 def check_flag(rule: str, field: str, value: object) -> None:
+    """Raise a :class:`ValueError` unless ``value`` is True or False."""
     if not isinstance(value, bool):
         raise bad(rule, field, value, "True or False")
 

@@ -27,11 +27,13 @@ from dualprop_jax.rules.base import (
 )
 
 VARIANTS = ("dp", "dp_top")
+"""DP (Høier, Staudt & Zach 2023) and DP⊤ (Høier & Zach 2024): (c⁺, c⁻) = (α, 1−α) or (1−α, α)."""
 FEEDBACKS = ("transpose", "kolen_pollack")
 """Where DP's feedback fb_k comes from: J_kᵀ of the map itself, or separate weights B_k (KP)."""
 OUTPUTS = ("linearised", "exact")
 """The output dyad: nudged by βg (linearised loss), or the exact squared-error closed form."""
 SCHEDULES = ("alternating", "bottom_up")
+"""Orders of the extra inference passes: j = 1..N then N−1..1, or j = 1..N only."""
 AUTO_UNROLL_PASSES = 16
 """With ``unroll=None``, pass loops of up to this many passes are unrolled fully."""
 AUTO_UNROLL_FACTOR = 4
@@ -141,6 +143,7 @@ class DualProp(Rule):
 
     @property
     def name(self) -> str:  # type: ignore[override]
+        """The rule's name: its variant, ``"dp"`` or ``"dp_top"``."""
         return self.variant
 
     @property

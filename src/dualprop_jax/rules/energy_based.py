@@ -106,9 +106,11 @@ class EquilibriumProp(Relaxation):
     Phases (``lax.fori_loop``s): a free phase of ``free_steps`` (T) steps from ``start``, then
     ``nudged_steps`` (K) steps from the free state with the output pulled by -β ∂ℓ/∂s_L
     (one-sided), or two such phases at +β and -β (``nudging="symmetric"``, Laborieux et al.
-    2021). Gradient (the update direction of a descent step, like BP's):
+    2021). Gradient (the update direction of a descent step, like BP's)::
+
       one-sided:  ∇θ ≈ -(1/β) (∂Φ/∂θ(s^β) - ∂Φ/∂θ(s^0)) / B
       symmetric:  ∇θ ≈ -(1/(2β)) (∂Φ/∂θ(s^β) - ∂Φ/∂θ(s^-β)) / B
+
     It tends to the gradient of ℓ at the free fixed point as β → 0 with converged phases;
     the symmetric form's bias is O(β²) instead of O(β).
 
@@ -173,8 +175,10 @@ class EquilibriumProp(Relaxation):
 class ContrastiveHebbian(Relaxation):
     """Contrastive Hebbian learning (Movellan 1991) on the same energy and relaxation as
     :class:`EquilibriumProp`: a free phase, then a phase of ``clamped_steps`` from the free
-    state with the output clamped to the target, s_L = y. Gradient:
+    state with the output clamped to the target, s_L = y. Gradient::
+
       ∇θ = -(∂Φ/∂θ(s^clamped) - ∂Φ/∂θ(s^free)) / B
+
     (anti-Hebbian at the free state, Hebbian at the clamped one). Targets must be labels
     (one-hot) or arrays of the output's shape; with ``loss="softmax_ce"`` only the reported
     loss changes.

@@ -72,6 +72,9 @@ MODELS: dict[str, ModelSpec] = {
     "vgg11": _vgg(models.vgg11, "VGG11 32x32x3 (8 conv, 4096-4096-10, no BatchNorm)"),
     "vgg16": _vgg(models.vgg16, "VGG16 32x32x3 (13 conv, 4096-4096-10, no BatchNorm)"),
 }
+"""The benchmark's models: every model of ``dualprop train --model``
+(:data:`dualprop_jax.training.config.MODELS`), at the input shape it is usually trained on,
+and the byte-level language model (:func:`dualprop_jax.models.causal_lm`)."""
 
 MODELS |= {
     "resnet8": ModelSpec(
@@ -110,9 +113,6 @@ MODELS |= {
         tokens=True,
     ),
 }
-"""The benchmark's models: every model of ``dualprop train --model``
-(:data:`dualprop_jax.training.config.MODELS`), at the input shape it is usually trained on,
-and the byte-level language model (:func:`dualprop_jax.models.causal_lm`)."""
 
 
 def chain_only(label: str) -> bool:

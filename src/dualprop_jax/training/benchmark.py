@@ -82,6 +82,7 @@ BENCH_OPTIONS = dict(
 )
 """The settings every row of a benchmark shares, with their defaults."""
 CPU_VGG_BATCH = 8
+"""The batch size of the large models' rows on a CPU (their GPU batch would take minutes)."""
 LARGE_MODELS = ("vgg11", "vgg16", "resnet18")
 """Models timed at ``vgg_batch`` (:data:`CPU_VGG_BATCH` on CPU) with ``vgg_steps``."""
 

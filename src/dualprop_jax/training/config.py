@@ -21,11 +21,12 @@ of token ids (a graph; :func:`dualprop_jax.models.causal_lm`, for ``dataset="for
 GRAPH_MODELS = ("resnet8", "resnet20", "resnet18", "vit", "lm")
 """The models that are graphs, on which chain-only rules are refused."""
 OPTIMIZERS = ("adam", "sgd")
+"""The optimizers a :class:`TrainConfig` names (optax's Adam, or SGD with momentum)."""
 LR_SCHEDULES = ("constant", "cosine")
-FEEDS = ("auto", "device", "host")  # see dualprop_jax.data.device.choose_feed
+"""Learning-rate schedules: constant, or a cosine decay to 0 over the run."""
+FEEDS = ("auto", "device", "host")
+"""Where batches come from (:func:`dualprop_jax.data.device.choose_feed`)."""
 
-# Fields that may differ when a run is resumed: they change where and how a run goes, not the
-# numbers it computes. ``epochs`` may be raised too (see ``checkpoints.check_resumable``).
 FREE_ON_RESUME = (
     "data_dir",
     "eval_batch_size",
@@ -35,6 +36,8 @@ FREE_ON_RESUME = (
     "feed",
     "tensorboard",
 )
+"""Fields that may differ when a run is resumed: they change where and how a run goes, not the
+numbers it computes (``epochs`` may be raised too: ``checkpoints.check_resumable``)."""
 
 # Rule settings that a config of the old flat format held at the top level (refused; see
 # check_fields).

@@ -25,6 +25,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 AXIS = "data"
+"""The name of the mesh axis the batch is split over."""
 
 
 def _positive_int(value: object) -> bool:
@@ -56,6 +57,7 @@ def make_mesh(devices: int | None = None) -> Mesh:
 
 
 def num_devices(mesh: Mesh | None) -> int:
+    """The number of devices of ``mesh`` (1 without a mesh)."""
     return 1 if mesh is None else int(mesh.devices.size)
 
 

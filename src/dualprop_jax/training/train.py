@@ -219,6 +219,7 @@ class Run:
     feed: str = "host"  # "device" or "host", resolved from config.feed
 
     def evaluate(self, params, ds: data_lib.Dataset, split: str) -> dict[str, float]:
+        """The loss and accuracy of ``params`` on one split, with the run's feed and devices."""
         return evaluate(
             self.net, params, ds, self.config.rule, split=split,
             batch_size=self.config.eval_batch_size, mesh=self.mesh, feed=self.config.feed,
@@ -253,6 +254,8 @@ class Run:
         return state, saved["best_params"], meta
 
     def start_info(self, ds: data_lib.Dataset, state: TrainState, meta: dict) -> dict:
+        """The payload of the ``"start"`` event: config, dataset, steps per epoch, devices, resumed
+        epoch, parameter count, feed and the bytes of training data stored."""
         return {
             "config": self.config,
             "dataset": ds,
