@@ -31,11 +31,11 @@ extensions = [
     "sphinx_copybutton",
     "docstring_coverage",
     "api_pages",
+    "repo_links",
 ]
 
 source_suffix = {".rst": "restructuredtext", ".md": "myst-nb", ".ipynb": "myst-nb"}
 exclude_patterns = ["_build", "**.ipynb_checkpoints", "Thumbs.db", ".DS_Store"]
-templates_path = ["_templates"]
 
 # --- API reference: every public name of dualprop_jax and its submodules --------------------
 autosummary_generate = False  # the pages are written by _ext/api_pages.py

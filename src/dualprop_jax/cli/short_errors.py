@@ -34,6 +34,7 @@ class ShortErrorParser(argparse.ArgumentParser):
         return dict(self._commands.choices) if self._commands is not None else {}
 
     def parse_args(self, args=None, namespace=None) -> argparse.Namespace:
+        """Parse like argparse, reporting an unknown flag through the subcommand's parser."""
         parsed, extras = self.parse_known_args(args, namespace)
         if extras:
             command = self._commands and getattr(parsed, self._commands.dest, None)

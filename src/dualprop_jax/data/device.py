@@ -12,7 +12,7 @@ device feed instead:
   (the one definition of it, computed on the host), and where its chunks end, with one explicit
   ``jax.device_put`` (:func:`start_epoch`);
 * runs the steps ``[bounds[c], bounds[c+1])`` of chunk ``c`` in one jitted program
-  (:attr:`Runner.chunk`), a ``lax.fori_loop`` whose step i gathers batch ``order[i]``,
+  (``Runner.chunk``), a ``lax.fori_loop`` whose step i gathers batch ``order[i]``,
   standardises it with the float32 operations of :func:`~dualprop_jax.data.standardise`,
   calls the train step (which augments with ``fold_in(key(seed), first_step + i)``, the key of
   :func:`~dualprop_jax.data.pipeline.step_key`), and adds its loss and correct count to running
@@ -123,7 +123,7 @@ def device_memory(mesh: Mesh | None) -> int | None:
 def default_budget(mesh: Mesh | None) -> int:
     """Bytes the training set may take on each device for ``feed="auto"`` to choose the device.
 
-    :data:`BUDGET_FRACTION` (a quarter) of the device's memory: the set is replicated on every
+    ``BUDGET_FRACTION`` (a quarter) of the device's memory: the set is replicated on every
     device, and the other three quarters stay for parameters, optimizer state and activations
     (a VGG16 step at batch 128 needs a few GB), so the model never loses memory to a set large
     enough to matter. CPU devices report no limit; their memory is host RAM, which already holds

@@ -7,7 +7,7 @@ kept across calls; :func:`dualprop_jax.data.device.put` for a pair of arrays), a
 
 * its ``full = n // B`` full batches of B examples run in one jitted ``lax.scan``: batch i is
   rows ``[iB, (i+1)B)``, standardised on the device with the float32 operations of the host
-  (:func:`dualprop_jax.data.device.standardise`), scored by the same function as the host
+  (``dualprop_jax.data.device.standardise``), scored by the same function as the host
   path's evaluation step, its summed loss and correct count kept per batch;
 * the last ``n - full·B`` rows run as one more batch, padded only to a multiple of the mesh's
   devices (a masked row adds nothing).
