@@ -54,7 +54,28 @@ from dualprop_jax.models import (
 )
 from dualprop_jax.rules import Backprop, DualProp, Rule
 
-__version__ = "0.1.0"
+
+def _distribution_version() -> str:
+    """The version of the installed distribution, written in one place: pyproject.toml.
+
+    A source tree on ``sys.path`` that was never installed reads its own pyproject.toml; a
+    package found neither way says ``0+unknown``.
+    """
+    from importlib import metadata
+
+    try:
+        return metadata.version("dualprop-jax")
+    except metadata.PackageNotFoundError:
+        import pathlib
+        import tomllib
+
+        pyproject = pathlib.Path(__file__).resolve().parents[2] / "pyproject.toml"
+        if pyproject.is_file():
+            return tomllib.loads(pyproject.read_text())["project"]["version"]
+        return "0+unknown"
+
+
+__version__ = _distribution_version()
 
 _HARNESS = {
     "load_dataset": "dualprop_jax.data",
