@@ -63,7 +63,8 @@ def _defined(module_name: str) -> tuple[str, ...]:
             names += [t.id for t in node.targets if isinstance(t, ast.Name)]
         elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
             names.append(node.target.id)
-    return tuple(n for n in dict.fromkeys(names) if not n.startswith("_"))
+    public = [n for n in dict.fromkeys(names) if not n.startswith("_") or n == "__version__"]
+    return tuple(public)
 
 
 def public_names(module: types.ModuleType) -> list[str]:
@@ -87,7 +88,8 @@ def canonical(module_name: str, name: str) -> str | None:
         qualname = getattr(obj, "__qualname__", name)
         if qualname == name and name in defined_names(importlib.import_module(owner)):
             return f"{owner}.{name}"
-    for other in all_modules():  # a constant: the module whose source assigns it
+    inside_first = sorted(all_modules(), key=lambda m: not m.startswith(module_name + "."))
+    for other in inside_first:  # a constant: the module whose source assigns it (own first)
         mod = importlib.import_module(other)
         if name in defined_names(mod) and getattr(mod, name, None) is obj:
             return f"{other}.{name}"
@@ -113,6 +115,7 @@ def summary(full: str) -> str:
     first = doc.strip().split("\n\n")[0].replace("\n", " ")
     first = re.split(r"(?<=[.:;])\s", first, maxsplit=1)[0]
     first = ROLE.sub(lambda m: m.group(1).rsplit(".", 1)[-1], first).replace("``", "")
+    first = first.rstrip(":").rstrip()  # a summary that introduced a block or a list
     for char in "\\*`|_":
         first = first.replace(char, "\\" + char)
     return first
@@ -125,6 +128,8 @@ def kind_of(obj: object, name: str | None = None) -> str:
     own = name is None or getattr(obj, "__name__", None) == name
     if inspect.isclass(obj) and own:
         return "class"
+    if callable(obj) and hasattr(obj, "__wrapped__") and own:  # a jitted or wrapped function
+        return "function"
     if (inspect.isfunction(obj) or inspect.isbuiltin(obj)) and own:
         return "function"
     return "data"
