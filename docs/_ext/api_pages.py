@@ -113,7 +113,7 @@ def summary(full: str) -> str:
         attr_docs = ModuleAnalyzer.for_module(module_name).find_attr_docs()
         doc = "\n".join(attr_docs.get(("", name), []))
     first = doc.strip().split("\n\n")[0].replace("\n", " ")
-    first = re.split(r"(?<=[.:;])\s", first, maxsplit=1)[0]
+    first = re.split(r"(?<=[a-z0-9)]\.)\s", first, maxsplit=1)[0]  # up to the first full stop
     first = ROLE.sub(lambda m: m.group(1).rsplit(".", 1)[-1], first).replace("``", "")
     first = first.rstrip(":").rstrip()  # a summary that introduced a block or a list
     for char in "\\*`|_":
