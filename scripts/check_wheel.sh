@@ -53,6 +53,7 @@ echo "check_wheel: installing the wheel into a fresh virtual environment"
 mkdir "$work/run"
 cd "$work/run"
 "$work/venv/bin/python" -c "import dualprop_jax, sys; assert 'site-packages' in dualprop_jax.__file__"
+"$work/venv/bin/python" -c "import dualprop_jax as d; print('dualprop_jax', d.__version__, d.__file__)"
 "$work/venv/bin/dualprop" --version
 "$work/venv/bin/python" - "$repo/README.md" >readme_example.py <<'EOF'
 import re, sys
