@@ -53,8 +53,9 @@ def hebbian_grad(net, params, dyads: Dyads, config, kept: dict | None = None):
     W_k(s̄_i) that the vjp evaluates are unused, and jit removes them.
 
     ``kept`` ({k: c ↦ ∂_θ⟨c, W_k(θ, s̄_i)⟩}, from
-    :func:`~dualprop_jax.core.inference.infer_kept`): edges whose parameter vjp at s̄_i the forward pass already holds (s̄_i is
-    the forward state there); they are left out of the vjp here and take that one instead,
+    :func:`~dualprop_jax.core.inference.infer_kept`): edges whose parameter vjp at s̄_i the
+    forward pass already holds (s̄_i is the forward state there); they are left out of the vjp
+    here and take that one instead,
     so a nonlinear map (attention, LayerNorm) is not evaluated a second time. (The result then
     equals ``jax.grad(local_objective)`` to float rounding: s̄_i there is the computed mix.)
     """
