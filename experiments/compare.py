@@ -133,7 +133,7 @@ def write_table(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].replace("\n", " "))
     parser.add_argument("--setups", default="fmnist_mlp,fmnist_cnn")
     parser.add_argument("--rules", default="dp_top,bp,dp", help="rule labels, comma-separated")
     parser.add_argument("--seeds", default="0,1,2")

@@ -277,10 +277,8 @@ def plot(rows: list[dict], path: pathlib.Path, model: str) -> None:
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--setup", default="fmnist_mlp512", help="a config in experiments/configs")
-    p.add_argument("--rules", default=",".join(DEFAULT_RULES), help="labels of rule_family.RULES")
-    p.add_argument("--seeds", default="0,1,2")
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].replace("\n", " "))
+    rf.add_run_arguments(p, DEFAULT_RULES, "runs/cost_table", HERE / "COST_TABLE.md")
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--lrs", default="3e-4,1e-3,3e-3", help="the learning rates each rule tries")
     p.add_argument("--sweep-epochs", type=int, default=1)
@@ -291,12 +289,6 @@ def parse_args(argv=None):
     )  # fmt: skip
     p.add_argument("--timed-steps", type=int, default=20)
     p.add_argument("--target", type=float, default=0.85, help="validation accuracy to reach")
-    p.add_argument("--runs", type=pathlib.Path, default=pathlib.Path("runs/cost_table"))
-    p.add_argument("--out", type=pathlib.Path, default=HERE / "COST_TABLE.md")
-    p.add_argument(
-        "--override", action="append", default=[],
-        help="FIELD=JSON value of TrainConfig for every run, e.g. max_eval=2000",
-    )  # fmt: skip
     args = p.parse_args(argv)
     args.labels = [s for s in args.rules.split(",") if s]
     unknown = [s for s in args.labels if s not in rf.RULES]

@@ -92,7 +92,7 @@ def measure(devices: int, setup: str, rule: str, steps: int, repeats: int) -> di
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].replace("\n", " "))
     parser.add_argument("--setup", default="fmnist_mlp", help="a config in experiments/configs")
     parser.add_argument("--rule", default="dp_top", choices=("dp_top", "dp", "bp", "dp+fast"))
     parser.add_argument("--devices", default="1,2,4", help="comma-separated CPU device counts")

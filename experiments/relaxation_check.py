@@ -32,7 +32,7 @@ HERE = pathlib.Path(__file__).resolve().parent
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].replace("\n", " "))
     parser.add_argument("--setup", default="fmnist_mlp512")
     parser.add_argument("--batch", type=int, default=100)
     parser.add_argument("--steps", default="25,50,100,200")

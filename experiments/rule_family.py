@@ -249,18 +249,26 @@ def scatter_against_cost(points, path: pathlib.Path, title: str, xlabel: str) ->
     plt.close(fig)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_run_arguments(
+    parser: argparse.ArgumentParser, rules: tuple[str, ...], runs: str, out: pathlib.Path
+) -> None:
+    """The flags a table of rules shares: --setup, --rules (default ``rules``), --seeds, --runs
+    (where the runs go), --out (the table) and --override (TrainConfig fields of every run)."""
     parser.add_argument("--setup", default="fmnist_mlp512", help="a config in experiments/configs")
-    parser.add_argument("--rules", default=",".join(DEFAULT_RULES), help="labels of RULES")
+    parser.add_argument("--rules", default=",".join(rules), help="labels of RULES")
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--epochs", type=int, help="default: the setup's")
-    parser.add_argument("--runs", type=pathlib.Path, default=pathlib.Path("runs/rule_family"))
-    parser.add_argument("--out", type=pathlib.Path, default=HERE / "RULE_FAMILY.md")
+    parser.add_argument("--runs", type=pathlib.Path, default=pathlib.Path(runs))
+    parser.add_argument("--out", type=pathlib.Path, default=out)
     parser.add_argument(
         "--override", action="append", default=[],
-        help="FIELD=JSON value of TrainConfig for every run, e.g. learning_rate=0.0005",
+        help="FIELD=JSON value of TrainConfig for every run, e.g. max_eval=2000",
     )  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].replace("\n", " "))
+    add_run_arguments(parser, DEFAULT_RULES, "runs/rule_family", HERE / "RULE_FAMILY.md")
+    parser.add_argument("--epochs", type=int, help="default: the setup's")
     args = parser.parse_args()
     labels = [s for s in args.rules.split(",") if s]
     unknown = [s for s in labels if s not in RULES]
