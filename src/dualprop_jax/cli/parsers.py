@@ -476,13 +476,9 @@ def _eval_parser(sub) -> None:
 
 
 def _version() -> str:
-    import importlib.metadata
+    from dualprop_jax import __version__
 
-    try:
-        version = importlib.metadata.version("dualprop-jax")
-    except importlib.metadata.PackageNotFoundError:  # pragma: no cover (not installed)
-        from dualprop_jax import __version__ as version
-    return f"dualprop {version} (Python {sys.version.split()[0]})"
+    return f"dualprop {__version__} (Python {sys.version.split()[0]})"
 
 
 def build_parser() -> argparse.ArgumentParser:
